@@ -1,0 +1,1 @@
+"""Small clients of the HTTP + WebRTC API (used by the end-to-end tests and benchmarks)."""

@@ -1,0 +1,229 @@
+"""Avatar assets on disk: LiveTalking's wav2lip folder layout plus our `avatar.json`.
+
+Layout of `data/avatars/<id>/` (ARCHITECTURE.md §6, parity/README.md §4.6)::
+
+    full_imgs/00000000.png ...   every video frame, BGR
+    face_imgs/00000000.png ...   the face box of each frame, cv2.resize'd to S x S
+    coords.pkl                   pickled list of (y1, y2, x1, x2) Python-int tuples, one per frame
+    avatar.json                  ours, optional (LiveTalking folders have none), see `AvatarMeta` keys
+
+`avatar.json` (format 1)::
+
+    {"format": 1, "avatar_id": "astronaut", "model": "parametric", "face_size": 256,
+     "frames": 75, "fps": 25, "frame_size": [512, 512], "source": "skimage:astronaut",
+     "mouth_box": [0.64, 0.82, 0.30, 0.70]}
+
+`mouth_box` is (y1, y2, x1, x2) as fractions of the face crop, in the same order as `coords`.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from deployments.common.errors import AvatarError
+from deployments.common.timing import FPS
+
+META_FILE = "avatar.json"
+META_FORMAT = 1
+FULL_DIR = "full_imgs"
+FACE_DIR = "face_imgs"
+COORDS_FILE = "coords.pkl"
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # LiveTalking globs *.[jpJP][pnPN]*[gG]
+# Lips of a face crop whose box is a frontal face padded to include the chin (y1, y2, x1, x2).
+DEFAULT_MOUTH_BOX = (0.64, 0.82, 0.30, 0.70)
+LIVETALKING_MODEL = "wav2lip"  # what a folder without avatar.json was made for
+
+
+class AvatarNotFound(AvatarError, FileNotFoundError):
+    """No avatar folder (or a required file in it): the client named an unknown avatar."""
+
+    status = 404
+
+
+class InvalidAvatar(AvatarError, ValueError):
+    """An avatar folder whose files disagree with each other or with `avatar.json`."""
+
+    status = 500
+
+
+@dataclass(eq=False)
+class Avatar:
+    """One avatar's frames, face crops and face boxes, index-aligned.
+
+    Attributes:
+        id: The folder name.
+        full_frames: (N, H, W, 3) uint8 BGR video frames.
+        face_crops: (N, S, S, 3) uint8 BGR face crops.
+        coords: (N, 4) int32 face boxes (y1, y2, x1, x2) in `full_frames` pixels.
+        meta: `avatar.json` content, completed with inferred values.
+    """
+
+    id: str
+    full_frames: np.ndarray
+    face_crops: np.ndarray
+    coords: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_frames(self) -> int:
+        """Number of frames N."""
+        return int(self.face_crops.shape[0])
+
+    @property
+    def face_size(self) -> int:
+        """Side S of the square face crops in pixels."""
+        return int(self.face_crops.shape[1])
+
+    @property
+    def mouth_box(self) -> tuple[float, float, float, float]:
+        """Mouth box (y1, y2, x1, x2) as fractions of a face crop."""
+        y1, y2, x1, x2 = (float(v) for v in self.meta.get("mouth_box", DEFAULT_MOUTH_BOX))
+        return y1, y2, x1, x2
+
+
+def mirror_index(size: int, index: int) -> int:
+    """LiveTalking's ping-pong frame cycling: forwards on even passes, backwards on odd ones."""
+    turn, res = divmod(index, size)
+    return res if turn % 2 == 0 else size - res - 1
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files of `folder` sorted by int(basename), as LiveTalking's loader does."""
+    files = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+    try:
+        return sorted(files, key=lambda p: int(p.stem))
+    except ValueError as exc:
+        raise InvalidAvatar(f"{folder}: image names must be frame numbers ({exc})") from None
+
+
+def is_complete(path: Path) -> bool:
+    """Whether `path` holds a full avatar layout with matching file counts (cheap: no decoding)."""
+    try:
+        n_full = len(list_images(path / FULL_DIR))
+        n_face = len(list_images(path / FACE_DIR))
+        with open(path / COORDS_FILE, "rb") as f:
+            n_coords = len(pickle.load(f))
+    except (OSError, ValueError, pickle.UnpicklingError, EOFError):
+        return False
+    return n_full > 0 and n_full == n_face == n_coords
+
+
+def write_avatar(
+    path: Path, full_frames: np.ndarray, face_crops: np.ndarray, coords: np.ndarray, meta: dict
+) -> None:
+    """Write the layout into `path` (which must exist); `avatar.json` last, marking completion."""
+    (path / FULL_DIR).mkdir()
+    (path / FACE_DIR).mkdir()
+    for i, (full, face) in enumerate(zip(full_frames, face_crops, strict=True)):
+        cv2.imwrite(str(path / FULL_DIR / f"{i:08d}.png"), full)
+        cv2.imwrite(str(path / FACE_DIR / f"{i:08d}.png"), face)
+    with open(path / COORDS_FILE, "wb") as f:
+        pickle.dump([tuple(int(v) for v in box) for box in coords], f)
+    (path / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _read_stack(files: list[Path], what: str, folder: Path) -> np.ndarray:
+    images = []
+    for p in files:
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is None:
+            raise InvalidAvatar(f"{folder}: cannot decode {what} image {p.name}")
+        if images and img.shape != images[0].shape:
+            raise InvalidAvatar(
+                f"{folder}: {what} images differ in size ({p.name} is {img.shape[:2]}, "
+                f"{files[0].name} is {images[0].shape[:2]})"
+            )
+        images.append(img)
+    return np.stack(images)
+
+
+def _read_coords(path: Path, n: int, frame_hw: tuple[int, int]) -> np.ndarray:
+    try:
+        with open(path / COORDS_FILE, "rb") as f:
+            coords = np.asarray(pickle.load(f), dtype=np.int64)
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        raise InvalidAvatar(f"{path}: unreadable {COORDS_FILE}: {exc}") from None
+    if coords.shape != (n, 4):
+        raise InvalidAvatar(
+            f"{path}: {COORDS_FILE} holds {coords.shape} boxes, expected ({n}, 4) (y1, y2, x1, x2)"
+        )
+    h, w = frame_hw
+    y1, y2, x1, x2 = coords.T
+    bad = np.flatnonzero((y1 < 0) | (x1 < 0) | (y2 > h) | (x2 > w) | (y2 <= y1) | (x2 <= x1))
+    if bad.size:
+        raise InvalidAvatar(
+            f"{path}: box {bad[0]} {tuple(coords[bad[0]])} is empty or outside the {h}x{w} frame "
+            "(order must be y1, y2, x1, x2)"
+        )
+    return coords.astype(np.int32)
+
+
+def _read_meta(path: Path, n: int, face_size: int, frame_hw: tuple[int, int]) -> dict[str, Any]:
+    """`avatar.json` checked against the files, with LiveTalking defaults for what it lacks."""
+    meta: dict[str, Any] = {}
+    if (path / META_FILE).exists():
+        try:
+            meta = json.loads((path / META_FILE).read_text())
+        except json.JSONDecodeError as exc:
+            raise InvalidAvatar(f"{path}: {META_FILE} is not JSON: {exc}") from None
+        if meta.get("format", META_FORMAT) != META_FORMAT:
+            raise InvalidAvatar(f"{path}: {META_FILE} format {meta['format']} != {META_FORMAT}")
+        for key, actual in (("frames", n), ("face_size", face_size), ("frame_size", list(frame_hw))):
+            if key in meta and meta[key] != actual:
+                raise InvalidAvatar(f"{path}: {META_FILE} says {key}={meta[key]}, files have {actual}")
+    defaults = {
+        "format": META_FORMAT,
+        "avatar_id": path.name,
+        "model": LIVETALKING_MODEL,
+        "face_size": face_size,
+        "frames": n,
+        "fps": FPS,
+        "frame_size": list(frame_hw),
+        "source": "livetalking",
+        "mouth_box": list(DEFAULT_MOUTH_BOX),
+    }
+    return {**defaults, **meta}
+
+
+def load_avatar(path: Path | str) -> Avatar:
+    """Load an avatar folder (ours or LiveTalking's, as it is).
+
+    Args:
+        path: The avatar folder, e.g. `data/avatars/astronaut`.
+
+    Returns:
+        The decoded avatar; `meta` always has the keys of the `avatar.json` schema.
+
+    Raises:
+        AvatarNotFound: (a FileNotFoundError) the folder or one of its parts is missing.
+        InvalidAvatar: (a ValueError) the parts disagree in count, size or box format.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise AvatarNotFound(f"avatar folder {path} does not exist")
+    for part in (FULL_DIR, FACE_DIR, COORDS_FILE):
+        if not (path / part).exists():
+            raise AvatarNotFound(f"avatar folder {path} has no {part}")
+    full_files = list_images(path / FULL_DIR)
+    face_files = list_images(path / FACE_DIR)
+    if not full_files:
+        raise AvatarNotFound(f"avatar folder {path} has no images in {FULL_DIR}/")
+    if len(full_files) != len(face_files):
+        raise InvalidAvatar(
+            f"{path}: {len(full_files)} images in {FULL_DIR}/ but {len(face_files)} in {FACE_DIR}/"
+        )
+    full = _read_stack(full_files, FULL_DIR, path)
+    faces = _read_stack(face_files, FACE_DIR, path)
+    if faces.shape[1] != faces.shape[2]:
+        raise InvalidAvatar(f"{path}: face crops are {faces.shape[1:3]}, expected square")
+    n, frame_hw = len(full_files), (int(full.shape[1]), int(full.shape[2]))
+    coords = _read_coords(path, n, frame_hw)
+    meta = _read_meta(path, n, int(faces.shape[1]), frame_hw)
+    return Avatar(id=path.name, full_frames=full, face_crops=faces, coords=coords, meta=meta)

@@ -1,0 +1,1 @@
+"""Shared constants, audio helpers, errors and message types (no Ray imports)."""

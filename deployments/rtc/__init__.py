@@ -1,0 +1,1 @@
+"""HTTP API, session-affine SessionHost, per-session conductor and WebRTC tracks."""

@@ -1,0 +1,233 @@
+"""The per-session conductor: turns queued speech into slot-addressed frames and audio.
+
+It works in chunks of K frames. A chunk with speech asks AudioFeatures for mel windows and
+AvatarRenderer for K mouth crops, pastes them onto the avatar's own frames and queues frames
+and audio together; a silent chunk uses idle frames and touches no model. Production runs a
+bounded lead ahead of playback; new speech replaces queued idle slots so it plays at once; an
+interrupt drops everything not yet played.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from deployments.asr.features import LEFT_CONTEXT_SAMPLES, RIGHT_CONTEXT_SAMPLES
+from deployments.avatar.types import RenderRequest, RenderResult
+from deployments.common.audio import to_int16
+from deployments.common.timing import SAMPLES_PER_FRAME
+from deployments.rtc.timeline import FRAME_S, MediaClock, MediaItem, MediaTimeline
+from deployments.rtc.utterance import Utterance
+
+log = logging.getLogger(__name__)
+
+FeaturesFn = Callable[[np.ndarray, int], Awaitable[np.ndarray]]
+RenderFn = Callable[[RenderRequest], Awaitable[RenderResult]]
+SpeechFn = Callable[[str], AsyncIterator[np.ndarray]]
+PasteFn = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+SPEECH_RMS_FLOOR = 1e-4  # below this a chunk is silence: no features, no render
+
+
+@dataclass(frozen=True)
+class ConductorConfig:
+    """Chunking and lead; see ARCHITECTURE.md §4."""
+
+    chunk_frames: int = 4  # K: frames per render request (2–8)
+    lead_chunks: int = 2  # how far production may run ahead of playback
+    start_margin_frames: int = 1  # new speech is placed this many slots after the one playing
+
+
+def mirror_index(size: int, i: int) -> int:
+    """LiveTalking's ping-pong over the avatar's frames: forward, then backward."""
+    turn, res = divmod(i, size)
+    return res if turn % 2 == 0 else size - res - 1
+
+
+class Conductor:
+    """One session's media producer. `run()` until `aclose()`."""
+
+    def __init__(
+        self,
+        *,
+        avatar_id: str,
+        full_frames: np.ndarray,
+        paste: PasteFn,
+        clock: MediaClock,
+        timeline: MediaTimeline,
+        features: FeaturesFn,
+        render: RenderFn,
+        speech: SpeechFn,
+        config: ConductorConfig = ConductorConfig(),
+    ) -> None:
+        self._avatar_id = avatar_id
+        self._frames = full_frames
+        self._paste = paste
+        self._clock, self._timeline = clock, timeline
+        self._features, self._render, self._speech = features, render, speech
+        self.config = config
+        self.turn = 0
+        self._queue: deque[Utterance] = deque()
+        self._tts_tasks: set[asyncio.Task] = set()
+        self._wake = asyncio.Event()
+        self._cursor = 0  # next slot to produce
+        self._avatar_counter = 0  # next ping-pong position
+        self._history = np.zeros(LEFT_CONTEXT_SAMPLES, np.float32)  # audio before the cursor
+        self._closed = False
+        self.rendered_chunks = 0
+        self.idle_chunks = 0
+        self.errors: list[str] = []
+
+    # ---- control -------------------------------------------------------------------------
+    def say(self, text: str) -> Utterance:
+        """Queue `text` as a new utterance in the current turn; TTS streams into it."""
+        utt = Utterance(self.turn, text)
+        self._queue.append(utt)
+        task = asyncio.create_task(self._synthesize(utt))
+        self._tts_tasks.add(task)
+        task.add_done_callback(self._tts_tasks.discard)
+        return utt
+
+    def play(self, pcm: np.ndarray) -> Utterance:
+        """Queue ready 16 kHz speech (an upload) as a new utterance."""
+        utt = Utterance(self.turn)
+        utt.append(pcm)
+        utt.finish()
+        self._queue.append(utt)
+        self._wake.set()
+        return utt
+
+    def interrupt(self) -> None:
+        """Start a new turn: stop TTS, drop queued speech and every slot not yet played."""
+        self.turn += 1
+        for task in list(self._tts_tasks):
+            task.cancel()
+        self._queue.clear()
+        self._restart_from(self._clock.playing_slot() + 1)
+        self._wake.set()
+
+    @property
+    def speaking(self) -> bool:
+        return bool(self._queue) or self._timeline.has_speech_from(self._clock.playing_slot())
+
+    async def aclose(self) -> None:
+        self._closed = True
+        self.interrupt()
+        if self._tts_tasks:
+            await asyncio.wait(list(self._tts_tasks), timeout=2.0)
+
+    # ---- production ----------------------------------------------------------------------
+    async def _synthesize(self, utt: Utterance) -> None:
+        error = None
+        try:
+            async for pcm in self._speech(utt.text):
+                if utt.turn != self.turn:
+                    break
+                utt.append(pcm)
+                self._wake.set()
+        except asyncio.CancelledError:
+            error = "cancelled"
+            raise
+        except Exception as exc:  # surfaced to the session, never through the media loop
+            error = f"tts failed: {exc}"
+            self.errors.append(error)
+            log.warning("tts failed for turn %d: %s", utt.turn, exc)
+        finally:
+            utt.finish(error)
+            self._wake.set()
+
+    def _restart_from(self, slot: int) -> None:
+        """Drop queued slots from `slot` on and continue the idle motion from the last kept one."""
+        slot = max(slot, 0)
+        kept = self._timeline.get(slot - 1)
+        self._timeline.drop_from(slot)
+        self._cursor = min(self._cursor, slot)
+        if kept is not None:
+            self._avatar_counter = kept.avatar_index + 1
+        self._history = np.zeros(LEFT_CONTEXT_SAMPLES, np.float32)
+
+    async def run(self) -> None:
+        k = self.config.chunk_frames
+        while not self._closed:
+            playing = self._clock.playing_slot()
+            utt = self._current_utterance()
+            if utt is not None and not utt.started and utt.remaining > 0:
+                # Speech replaces queued idle: it should play now, not after the lead.
+                self._restart_from(max(playing + self.config.start_margin_frames, 0) + 1)
+            limit = max(playing, 0) + self.config.lead_chunks * k
+            if self._cursor >= limit:
+                await self._wait(FRAME_S * (self._cursor - limit + 1))
+                continue
+            self._cursor = max(self._cursor, playing + 1)
+            if utt is not None and utt.remaining > 0:
+                await self._speech_chunk(utt, k)
+            else:
+                self._idle_chunk(k)
+
+    def _current_utterance(self) -> Utterance | None:
+        while self._queue and self._queue[0].exhausted and self._queue[0].started:
+            self._queue.popleft()
+        while self._queue and self._queue[0].exhausted and self._queue[0].remaining <= 0:
+            self._queue.popleft()  # ended without audio (failed or empty TTS)
+        return self._queue[0] if self._queue else None
+
+    async def _wait(self, timeout: float) -> None:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.005))
+        except asyncio.TimeoutError:
+            pass
+
+    def _next_avatar_indices(self, k: int) -> list[int]:
+        n = len(self._frames)
+        idx = [mirror_index(n, self._avatar_counter + i) for i in range(k)]
+        self._avatar_counter += k
+        return idx
+
+    def _idle_chunk(self, k: int) -> None:
+        silence = np.zeros(SAMPLES_PER_FRAME, np.int16)
+        for i, idx in enumerate(self._next_avatar_indices(k)):
+            self._timeline.put(self._cursor + i, MediaItem(self._frames[idx], silence, idx, self.turn, False))
+        self._push_history(np.zeros(k * SAMPLES_PER_FRAME, np.float32))
+        self._cursor += k
+        self.idle_chunks += 1
+
+    async def _speech_chunk(self, utt: Utterance, k: int) -> None:
+        need = k * SAMPLES_PER_FRAME
+        if not utt.ended and utt.remaining < need + RIGHT_CONTEXT_SAMPLES:
+            # Give TTS until shortly before this chunk must play, then go with what there is.
+            slack = (self._cursor - self._clock.playing_slot() - 1) * FRAME_S - 0.05
+            if slack > 0:
+                await self._wait(slack)
+                return  # re-evaluate: an interrupt may have happened while waiting
+        utt.started = True
+        turn = self.turn
+        pcm = utt.take(need)
+        window = np.concatenate([self._history, pcm, utt.peek(RIGHT_CONTEXT_SAMPLES)])
+        indices = self._next_avatar_indices(k)
+        start = self._cursor
+        self._cursor += k
+        self._push_history(pcm)
+        if float(np.sqrt(np.mean(pcm**2))) < SPEECH_RMS_FLOOR:
+            crops = None
+        else:
+            feats = await self._features(window, k)
+            result = await self._render(RenderRequest(self._avatar_id, tuple(indices), feats))
+            crops = result.crops
+        if turn != self.turn:
+            return  # interrupted while rendering: the result belongs to a dead turn
+        audio = to_int16(pcm).reshape(k, SAMPLES_PER_FRAME)
+        # If rendering took longer than the margin, shift the chunk rather than lose its start.
+        start = max(start, self._clock.playing_slot() + 1)
+        for i, idx in enumerate(indices):
+            frame = self._frames[idx] if crops is None else self._paste(self._frames[idx], crops[i], idx)
+            self._timeline.put(start + i, MediaItem(frame, audio[i], idx, turn, True))
+        self._cursor = max(self._cursor, start + k)
+        self.rendered_chunks += 1
+
+    def _push_history(self, pcm: np.ndarray) -> None:
+        self._history = np.concatenate([self._history, pcm])[-LEFT_CONTEXT_SAMPLES:]

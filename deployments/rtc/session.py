@@ -1,0 +1,88 @@
+"""One viewer: its peer connection, the two paced tracks and its conductor."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.codecs import h264, vpx
+
+from deployments.common.errors import BadOffer
+from deployments.rtc.conductor import Conductor
+from deployments.rtc.timeline import MediaClock, MediaTimeline
+from deployments.rtc.tracks import AvatarAudioTrack, AvatarVideoTrack
+
+log = logging.getLogger(__name__)
+
+
+def configure_video_bitrate(kbps: int) -> None:
+    """Set the encoders' starting and maximum bitrate (aiortc keeps them as module constants)."""
+    bps = int(kbps) * 1000
+    for codec in (vpx, h264):
+        codec.DEFAULT_BITRATE = bps
+        codec.MIN_BITRATE = min(codec.MIN_BITRATE, bps)
+        codec.MAX_BITRATE = max(bps, codec.MIN_BITRATE)
+
+
+class Session:
+    """Created from an SDP offer; closed on hang-up, failure or shutdown."""
+
+    def __init__(self, session_id: str, pc: RTCPeerConnection, conductor: Conductor, clock: MediaClock,
+                 timeline: MediaTimeline, video: AvatarVideoTrack, audio: AvatarAudioTrack) -> None:
+        self.id = session_id
+        self.pc = pc
+        self.conductor = conductor
+        self.clock, self.timeline = clock, timeline
+        self.video, self.audio = video, audio
+        self.created = time.monotonic()
+        self._task: asyncio.Task | None = None
+        self.closed = asyncio.Event()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.conductor.run(), name=f"conductor-{self.id}")
+
+    async def answer(self, sdp: str, sdp_type: str) -> RTCSessionDescription:
+        """Apply the client's offer and return our answer (ICE gathered, non-trickle)."""
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=sdp_type))
+        except Exception as exc:
+            raise BadOffer(f"malformed SDP offer: {exc}") from exc
+        kinds = {t.kind for t in self.pc.getTransceivers()}
+        if "video" not in kinds:
+            raise BadOffer("the offer has no video m-line: add a recvonly video transceiver")
+        self.pc.addTrack(self.video)
+        if "audio" in kinds:
+            self.pc.addTrack(self.audio)
+        try:
+            await self.pc.setLocalDescription(await self.pc.createAnswer())
+        except Exception as exc:
+            raise BadOffer(f"cannot negotiate the offer: {exc}") from exc
+        return self.pc.localDescription
+
+    def stats(self) -> dict:
+        return {
+            "sessionid": self.id,
+            "state": self.pc.connectionState,
+            "video_frames_sent": self.video.sent,
+            "audio_packets_sent": self.audio.sent,
+            "queued_slots": len(self.timeline),
+            "rendered_chunks": self.conductor.rendered_chunks,
+            "idle_chunks": self.conductor.idle_chunks,
+            "turn": self.conductor.turn,
+            "speaking": self.conductor.speaking,
+            "errors": self.conductor.errors[-5:],
+        }
+
+    async def aclose(self) -> None:
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        await self.conductor.aclose()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self.video.stop()
+        self.audio.stop()
+        await self.pc.close()

@@ -1,0 +1,99 @@
+"""One clock and one slot-addressed queue shared by the audio and video tracks.
+
+Video frame n plays at t0 + 40 ms·n and audio packets 2n and 2n+1 (20 ms each) belong to the
+same slot n, cut from the same rendered chunk, so audio and video cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from deployments.common.timing import FPS
+
+FRAME_S = 1.0 / FPS
+
+
+class MediaClock:
+    """Wall-clock origin shared by both tracks; started by whichever track asks first."""
+
+    def __init__(self, now=time.monotonic) -> None:
+        self._now = now
+        self.t0: float | None = None
+
+    def start(self) -> float:
+        if self.t0 is None:
+            self.t0 = self._now()
+        return self.t0
+
+    @property
+    def started(self) -> bool:
+        return self.t0 is not None
+
+    def now(self) -> float:
+        return self._now()
+
+    def playing_slot(self) -> int:
+        """The frame slot being played now (-1 before the clock starts)."""
+        if self.t0 is None:
+            return -1
+        return int((self._now() - self.t0) / FRAME_S)
+
+    def slot_time(self, slot: int) -> float:
+        return self.start() + slot * FRAME_S
+
+
+@dataclass(frozen=True)
+class MediaItem:
+    """One frame slot: the picture, its 40 ms of int16 audio, and where it came from."""
+
+    frame: np.ndarray  # (H, W, 3) uint8 BGR
+    audio: np.ndarray  # (640,) int16
+    avatar_index: int  # index into the avatar's frames (for seamless idle continuation)
+    turn: int
+    speech: bool
+
+
+class MediaTimeline:
+    """Slot → item map written by the conductor, read by the tracks; pruned as slots play."""
+
+    def __init__(self) -> None:
+        self._items: dict[int, MediaItem] = {}
+        self._played_video = -1
+        self._played_audio = -1
+
+    def put(self, slot: int, item: MediaItem) -> None:
+        self._items[slot] = item
+
+    def get(self, slot: int) -> MediaItem | None:
+        return self._items.get(slot)
+
+    def mark_video_played(self, slot: int) -> None:
+        self._played_video = max(self._played_video, slot)
+        self._prune()
+
+    def mark_audio_played(self, slot: int) -> None:
+        self._played_audio = max(self._played_audio, slot)
+        self._prune()
+
+    def _prune(self) -> None:
+        # Keep the slot both tracks may still need; everything older is gone for good.
+        oldest_needed = min(self._played_video, self._played_audio)
+        for slot in [s for s in self._items if s < oldest_needed]:
+            del self._items[slot]
+
+    def drop_from(self, slot: int) -> None:
+        """Forget every queued item at or after `slot` (interrupt, or speech replacing idle)."""
+        for s in [s for s in self._items if s >= slot]:
+            del self._items[s]
+
+    def has_speech_from(self, slot: int) -> bool:
+        return any(item.speech for s, item in self._items.items() if s >= slot)
+
+    def last_slot(self) -> int:
+        return max(self._items, default=-1)
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -1,0 +1,89 @@
+"""aiortc tracks paced by the shared MediaClock, reading the MediaTimeline.
+
+Each `recv()` sleeps until its slot's wall time, then sends the slot's item, or a filler (the
+last picture, or silence) if the conductor has nothing there. A track that falls behind skips
+slots rather than playing late, so the two tracks stay on the same clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import AudioFrame, VideoFrame
+
+from deployments.common.timing import AUDIO_CHUNK_S, AUDIO_CHUNK_SAMPLES, CHUNKS_PER_FRAME, SAMPLE_RATE
+from deployments.rtc.timeline import FRAME_S, MediaClock, MediaTimeline
+
+VIDEO_CLOCK_RATE = 90_000
+VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
+AUDIO_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
+SILENCE = np.zeros(AUDIO_CHUNK_SAMPLES, np.int16)
+
+
+async def _sleep_until(clock: MediaClock, t: float) -> None:
+    wait = t - clock.now()
+    if wait > 0:
+        await asyncio.sleep(wait)
+
+
+class AvatarVideoTrack(MediaStreamTrack):
+    """25 fps video: slot n at t0 + 40 ms·n."""
+
+    kind = "video"
+
+    def __init__(self, clock: MediaClock, timeline: MediaTimeline, first_frame: np.ndarray) -> None:
+        super().__init__()
+        self._clock, self._timeline = clock, timeline
+        self._last = first_frame
+        self._slot = -1
+        self.sent = 0
+
+    async def recv(self) -> VideoFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        self._clock.start()
+        self._slot = max(self._slot + 1, self._clock.playing_slot())
+        await _sleep_until(self._clock, self._clock.slot_time(self._slot))
+        item = self._timeline.get(self._slot)
+        if item is not None:
+            self._last = item.frame
+        self._timeline.mark_video_played(self._slot)
+        frame = VideoFrame.from_ndarray(self._last, format="bgr24")
+        frame.pts = int(self._slot * FRAME_S * VIDEO_CLOCK_RATE)
+        frame.time_base = VIDEO_TIME_BASE
+        self.sent += 1
+        return frame
+
+
+class AvatarAudioTrack(MediaStreamTrack):
+    """16 kHz mono audio in 20 ms packets: packet m belongs to slot m // 2."""
+
+    kind = "audio"
+
+    def __init__(self, clock: MediaClock, timeline: MediaTimeline) -> None:
+        super().__init__()
+        self._clock, self._timeline = clock, timeline
+        self._packet = -1
+        self.sent = 0
+
+    async def recv(self) -> AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        t0 = self._clock.start()
+        now_packet = int((self._clock.now() - t0) / AUDIO_CHUNK_S)
+        self._packet = max(self._packet + 1, now_packet)
+        await _sleep_until(self._clock, t0 + self._packet * AUDIO_CHUNK_S)
+        slot, half = divmod(self._packet, CHUNKS_PER_FRAME)
+        item = self._timeline.get(slot)
+        pcm = SILENCE if item is None else item.audio[half * AUDIO_CHUNK_SAMPLES : (half + 1) * AUDIO_CHUNK_SAMPLES]
+        if half == CHUNKS_PER_FRAME - 1:
+            self._timeline.mark_audio_played(slot)
+        frame = AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = self._packet * AUDIO_CHUNK_SAMPLES
+        frame.time_base = AUDIO_TIME_BASE
+        self.sent += 1
+        return frame

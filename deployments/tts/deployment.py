@@ -1,0 +1,66 @@
+"""`TTSService`: the Serve deployment around a TTS engine (Serve concerns only).
+
+Callers stream it: `handle.options(stream=True).stream.remote(text)` yields float32 16 kHz mono
+arrays. A caller that is interrupted cancels the call; Serve then cancels the generator here,
+which stops the engine's synthesis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+from deployments.common.errors import EngineError
+from deployments.common.timing import SAMPLE_RATE
+from deployments.tts.engine import make_engine
+
+logger = logging.getLogger("ray.serve")
+
+
+# num_cpus 0: synthesis is short bursts (RTF ~0.1); a whole reserved core would be idle
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class TTSService:
+    """Speaks text with the configured engine ("piper" offline, "edge" online)."""
+
+    def __init__(self, engine: str = "piper", engine_options: dict[str, Any] | None = None) -> None:
+        """Build the engine; a bad name, option or missing voice fails `serve.run` at once.
+
+        Args:
+            engine: A name registered in `deployments.tts.engine.ENGINES`.
+            engine_options: Keyword arguments of that engine's constructor.
+        """
+        self._engine_name = engine
+        self._engine = make_engine(engine, engine_options)
+        self._closed = False
+
+    async def stream(self, text: str) -> AsyncIterator[np.ndarray]:
+        """Yield the speech for `text` as float32 16 kHz mono arrays, first piece early."""
+        n_pieces = 0
+        try:
+            async for pcm in self._engine.stream(text):
+                n_pieces += 1
+                yield pcm
+        except asyncio.CancelledError:
+            # the caller was interrupted: the engine's generator is closed on the way out
+            logger.info("tts stream cancelled after %d pieces", n_pieces)
+            raise
+
+    async def sample_rate(self) -> int:
+        """The sample rate of every array `stream` yields (16000)."""
+        return SAMPLE_RATE
+
+    async def check_health(self) -> None:
+        """Serve's health probe: fails once the engine is closed."""
+        if self._closed:
+            raise EngineError(f"tts engine {self._engine_name!r} is closed")
+
+    async def __del__(self) -> None:
+        """Serve calls this once on replica shutdown (it awaits an `async def __del__`)."""
+        self._closed = True
+        if hasattr(self, "_engine"):  # the constructor may have failed
+            await self._engine.aclose()

@@ -1,0 +1,86 @@
+"""The application: `build(args)` validates typed args and binds the deployment graph.
+
+    Api ──► SessionHost (session affinity) ──► TTSService, AudioFeatures, AvatarRenderer
+
+Used by `serve run configs/serve.yaml` (import_path `serve_app:build`). This is the only module
+that reads environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+from ray.serve import Application
+
+from deployments.asr.deployment import AudioFeatures
+from deployments.avatar.deployment import AvatarRenderer
+from deployments.rtc.api import Api, ApiSettings
+from deployments.rtc.host import HostSettings, SessionHost
+from deployments.rtc.ice import parse_addresses
+from deployments.tts.deployment import TTSService
+
+REPO_ROOT = Path(__file__).resolve().parent
+
+
+class AppArgs(BaseModel):
+    """Everything `configs/serve.yaml` may set under `args`."""
+
+    avatar_id: str = "astronaut"
+    data_dir: str = "data/avatars"
+    model: str = "parametric"
+    tts_engine: str = "piper"
+    tts_options: dict[str, Any] = Field(default_factory=dict)
+    # Host candidate addresses for WebRTC (env ICE_HOST_ADDRESSES wins); empty = all interfaces.
+    ice_host_addresses: list[str] = Field(default_factory=list)
+    ice_servers: list[str] = Field(default_factory=list)
+    max_sessions: int = Field(4, ge=1)
+    chunk_frames: int = Field(4, ge=2, le=8)
+    lead_chunks: int = Field(2, ge=1, le=4)
+    video_bitrate_kbps: int = Field(1000, ge=100, le=20000)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+
+    model_config = {"extra": "forbid"}
+
+    @field_validator("ice_host_addresses", "ice_servers", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> list[str]:
+        return parse_addresses(value)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        # Replicas do not share the CLI's working directory: anchor relative paths at the repo.
+        path = Path(value)
+        return str(path if path.is_absolute() else REPO_ROOT / path)
+
+
+def build(args: dict[str, Any] | None = None) -> Application:
+    """Validate `args` and bind the graph."""
+    args = dict(args or {})
+    if os.environ.get("ICE_HOST_ADDRESSES"):
+        args["ice_host_addresses"] = os.environ["ICE_HOST_ADDRESSES"]
+    cfg = AppArgs(**args)
+    avatar_dir = Path(cfg.data_dir) / cfg.avatar_id
+    if not avatar_dir.is_dir():
+        raise FileNotFoundError(
+            f"avatar '{cfg.avatar_id}' not found in {cfg.data_dir}: run `make setup` to build the default "
+            f"avatar or `python -m deployments.avatar.builder --image <photo> --avatar-id {cfg.avatar_id}`"
+        )
+    tts = TTSService.bind(engine=cfg.tts_engine, engine_options=cfg.tts_options)
+    features = AudioFeatures.bind()
+    renderer = AvatarRenderer.bind(data_dir=cfg.data_dir, model=cfg.model)
+    host_settings = HostSettings(
+        avatar_id=cfg.avatar_id,
+        data_dir=cfg.data_dir,
+        ice_host_addresses=cfg.ice_host_addresses,
+        ice_servers=cfg.ice_servers,
+        max_sessions=cfg.max_sessions,
+        chunk_frames=cfg.chunk_frames,
+        lead_chunks=cfg.lead_chunks,
+        video_bitrate_kbps=cfg.video_bitrate_kbps,
+    )
+    host = SessionHost.bind(tts, features, renderer, settings=host_settings.model_dump())
+    return Api.bind(host, settings=cfg.api.model_dump())
