@@ -58,11 +58,15 @@ class AppArgs(BaseModel):
 
 
 def build(args: dict[str, Any] | None = None) -> Application:
-    """Validate `args` and bind the graph."""
+    """Validate `args` and bind the graph (the `serve run` entry point)."""
     args = dict(args or {})
     if os.environ.get("ICE_HOST_ADDRESSES"):
         args["ice_host_addresses"] = os.environ["ICE_HOST_ADDRESSES"]
-    cfg = AppArgs(**args)
+    return bind_graph(AppArgs(**args))
+
+
+def bind_graph(cfg: AppArgs, *, host_replicas: int | None = None) -> Application:
+    """Bind the deployments; `host_replicas` overrides the SessionHost count (tests)."""
     avatar_dir = Path(cfg.data_dir) / cfg.avatar_id
     if not avatar_dir.is_dir():
         raise FileNotFoundError(
@@ -82,5 +86,6 @@ def build(args: dict[str, Any] | None = None) -> Application:
         lead_chunks=cfg.lead_chunks,
         video_bitrate_kbps=cfg.video_bitrate_kbps,
     )
-    host = SessionHost.bind(tts, features, renderer, settings=host_settings.model_dump())
+    host_deployment = SessionHost if host_replicas is None else SessionHost.options(num_replicas=host_replicas)
+    host = host_deployment.bind(tts, features, renderer, settings=host_settings.model_dump())
     return Api.bind(host, settings=cfg.api.model_dump())

@@ -100,6 +100,11 @@ class AvatarClient:
         return float(255.0 - img[y1:y2, x1:x2].mean())
 
     async def close(self) -> None:
+        if self.sessionid is not None:
+            try:  # hang up explicitly so the server frees the slot at once
+                await self.post("/close")
+            except httpx.HTTPError:
+                pass
         await self.pc.close()
         for task in self._tasks:
             task.cancel()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,7 +117,11 @@ def is_complete(path: Path) -> bool:
 
 
 def write_avatar(
-    path: Path, full_frames: np.ndarray, face_crops: np.ndarray, coords: np.ndarray, meta: dict
+    path: Path,
+    full_frames: Iterable[np.ndarray],
+    face_crops: np.ndarray,
+    coords: np.ndarray,
+    meta: dict[str, Any],
 ) -> None:
     """Write the layout into `path` (which must exist); `avatar.json` last, marking completion."""
     (path / FULL_DIR).mkdir()

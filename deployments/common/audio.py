@@ -124,13 +124,16 @@ class _PcmConverter:
     """FFmpeg frames of any layout/format/rate -> 16 kHz mono float32 (swresample)."""
 
     def __init__(self) -> None:
-        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        # keep the layout: swresample's downmix adds channels at -3 dB (stereo comes out 1.4x
+        # louder); averaging them ourselves matches the soundfile path
+        self._resampler = av.AudioResampler(format="flt", rate=SAMPLE_RATE)
         self._parts: list[np.ndarray] = []
         self.samples = 0  # total samples produced so far
 
     def push(self, frame: av.AudioFrame | None) -> None:
         for out in self._resampler.resample(frame):
-            pcm = out.to_ndarray().reshape(-1).astype(np.float32, copy=False)
+            channels = len(out.layout.channels)
+            pcm = out.to_ndarray().reshape(-1, channels).mean(axis=1, dtype=np.float32)
             self._parts.append(pcm)
             self.samples += pcm.size
 

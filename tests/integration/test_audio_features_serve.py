@@ -27,7 +27,7 @@ N_CONCURRENT = 8
 @pytest.fixture(scope="module")
 def handle() -> Iterator[DeploymentHandle]:
     """One AudioFeatures replica configured through ``user_config``."""
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         app = AudioFeatures.options(
             user_config={"max_batch_size": N_CONCURRENT, "batch_wait_timeout_s": BATCH_WAIT_S}

@@ -1,0 +1,240 @@
+"""Build an avatar folder (LiveTalking wav2lip layout + avatar.json) from an image or a video.
+
+    python -m deployments.avatar.builder --astronaut --avatar-id astronaut
+    python -m deployments.avatar.builder --image me.jpg --avatar-id me --idle-seconds 4
+    python -m deployments.avatar.builder --video me.mp4 --avatar-id me --max-frames 250
+
+An image becomes a synthetic idle loop (`idle.py`); a video keeps its own frames. Faces are
+found with OpenCV's Haar cascade (no weights to download). Exit status 2 means no face.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from deployments.avatar.assets import DEFAULT_MOUTH_BOX, META_FORMAT, is_complete, write_avatar
+from deployments.avatar.idle import DEFAULT_IDLE_S, FaceBox, synthesize_idle
+from deployments.common.timing import FPS
+
+DEFAULT_OUT_DIR = Path("data/avatars")
+DEFAULT_FACE_SIZE = 256  # wav2lip256 and the parametric renderer; wav2lip96 needs 96
+DEFAULT_MAX_FRAMES = 500  # 20 s of video; all frames stay in memory when serving
+# LiveTalking pads S3FD boxes 10% at the bottom; a Haar box ends at the lower lip, well above
+# the chin, so it needs more for the jaw to be inside the crop.
+PAD_BOTTOM_FRAC = 0.2
+SMOOTH_FRAMES = 5  # LiveTalking averages each box with the next 4 (unless --nosmooth)
+DETECT_MAX_SIDE_PX = 640  # Haar runs on a downscaled copy of larger frames (speed)
+MIN_FACE_FRAC = 0.08  # of the shorter image side; smaller hits are background noise
+NO_FACE_HINT = "use a frontal, well-lit face that fills at least a tenth of the picture"
+
+log = logging.getLogger(__name__)
+
+
+class NoFaceError(ValueError):
+    """No face was found in the source."""
+
+
+def detect_face(image: np.ndarray) -> FaceBox | None:
+    """The largest frontal face (x, y, w, h) in a BGR image, or None."""
+    scale = min(1.0, DETECT_MAX_SIDE_PX / max(image.shape[:2]))
+    small = image
+    if scale < 1:
+        small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+    gray = cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_BGR2GRAY))
+    min_side = max(24, int(MIN_FACE_FRAC * min(gray.shape)))
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    hits = cascade.detectMultiScale(gray, 1.1, 5, minSize=(min_side, min_side))
+    if len(hits) == 0:
+        return None
+    x, y, w, h = max(hits, key=lambda b: b[2] * b[3])
+    return round(x / scale), round(y / scale), round(w / scale), round(h / scale)
+
+
+def face_coords(face: FaceBox, frame_hw: tuple[int, int]) -> tuple[int, int, int, int]:
+    """Crop box (y1, y2, x1, x2): the face padded down to the chin, squared, clamped to the frame.
+
+    Square so that the S x S crop keeps the face's aspect ratio.
+    """
+    x, y, w, h = face
+    y1, y2 = y, y + h + round(PAD_BOTTOM_FRAC * h)
+    grow = max(0, (y2 - y1) - w)
+    x1, x2 = x - grow // 2, x + w + grow - grow // 2
+    rows, cols = frame_hw
+    return max(0, y1), min(rows, y2), max(0, x1), min(cols, x2)
+
+
+def smooth_boxes(boxes: np.ndarray) -> np.ndarray:
+    """LiveTalking's box smoothing: mean of boxes[i:i+5] (the last 5 near the end), truncated."""
+    out = boxes.copy()
+    n = len(boxes)
+    for i in range(n):
+        start = n - SMOOTH_FRAMES if i + SMOOTH_FRAMES > n else i
+        out[i] = np.mean(boxes[max(0, start) : start + SMOOTH_FRAMES], axis=0).astype(boxes.dtype)
+    return out
+
+
+def _read_video(path: Path, max_frames: int) -> Iterator[np.ndarray]:
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise FileNotFoundError(f"cannot open video {path}")
+    try:
+        for _ in range(max_frames):
+            ok, frame = cap.read()
+            if not ok:
+                break
+            yield frame
+    finally:
+        cap.release()
+
+
+def _video_frames_and_boxes(
+    path: Path, max_frames: int, progress: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    frames, faces = [], []
+    reader = _read_video(path, max_frames)
+    for frame in tqdm(reader, desc="detect", unit="frame", disable=not progress):
+        frames.append(frame)
+        faces.append(detect_face(frame))
+    if not frames:
+        raise FileNotFoundError(f"video {path} has no readable frames")
+    found = [f for f in faces if f is not None]
+    if not found:
+        raise NoFaceError(f"no face found in {path}: {NO_FACE_HINT}")
+    last = found[0]  # frames before the first hit borrow it; later misses keep the previous box
+    boxes = []
+    for face in faces:
+        last = face or last
+        boxes.append(face_coords(last, frames[0].shape[:2]))
+    return np.stack(frames), smooth_boxes(np.asarray(boxes, np.int64))
+
+
+def build_avatar(
+    avatar_id: str,
+    *,
+    image: np.ndarray | Path | None = None,
+    video: Path | None = None,
+    out_dir: Path = DEFAULT_OUT_DIR,
+    face_size: int = DEFAULT_FACE_SIZE,
+    idle_seconds: float = DEFAULT_IDLE_S,
+    max_frames: int = DEFAULT_MAX_FRAMES,
+    model: str = "parametric",
+    mouth_box: tuple[float, float, float, float] = DEFAULT_MOUTH_BOX,
+    source: str | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Build `out_dir/avatar_id` from exactly one of `image` (BGR array or file) and `video`.
+
+    Returns:
+        The avatar folder. If it already holds a complete avatar and not `force`, it is
+        returned untouched.
+
+    Raises:
+        NoFaceError: No face in the image or in any video frame.
+        FileNotFoundError: The source cannot be read.
+    """
+    if (image is None) == (video is None):
+        raise ValueError("give exactly one of image= and video=")
+    target = Path(out_dir) / avatar_id
+    if not force and is_complete(target):
+        log.info("avatar %s is complete: nothing to do (force=True rebuilds it)", target)
+        return target
+    if video is not None:
+        source = source or f"video:{video}"
+        frames, coords = _video_frames_and_boxes(Path(video), max_frames, progress)
+    else:
+        if isinstance(image, (str, Path)):
+            source = source or f"image:{image}"
+            still = cv2.imread(str(image), cv2.IMREAD_COLOR)
+            if still is None:
+                raise FileNotFoundError(f"cannot read image {image}")
+        else:
+            source, still = source or "array", np.ascontiguousarray(image)
+        face = detect_face(still)
+        if face is None:
+            raise NoFaceError(f"no face found in {source.split(':', 1)[-1]}: {NO_FACE_HINT}")
+        frames = synthesize_idle(still, face, max(1, round(idle_seconds * FPS)))
+        coords = np.asarray([face_coords(face, still.shape[:2])] * len(frames), np.int64)
+    size = (face_size, face_size)
+    crops = np.stack([cv2.resize(f[y1:y2, x1:x2], size) for f, (y1, y2, x1, x2) in zip(frames, coords)])
+    meta = {
+        "format": META_FORMAT,
+        "avatar_id": avatar_id,
+        "model": model,
+        "face_size": face_size,
+        "frames": len(frames),
+        "fps": FPS,
+        "frame_size": [int(frames.shape[1]), int(frames.shape[2])],
+        "source": source,
+        "mouth_box": [float(v) for v in mouth_box],
+    }
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Write next to the target and rename, so a crash never leaves a half-built avatar in place.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{avatar_id}.", dir=target.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private
+    try:
+        bar = tqdm(frames, desc="write", unit="frame", disable=not progress)
+        write_avatar(tmp, bar, crops, coords, meta)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit status (2: no face found)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m deployments.avatar.builder", description=(__doc__ or "").split("\n")[0]
+    )
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image", type=Path, help="a still photo: becomes an idle loop")
+    src.add_argument("--video", type=Path, help="a video of the person (frames used as they are)")
+    src.add_argument("--astronaut", action="store_true", help="skimage's astronaut test image")
+    parser.add_argument("--avatar-id", required=True)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR)
+    parser.add_argument("--face-size", type=int, default=DEFAULT_FACE_SIZE)
+    parser.add_argument("--idle-seconds", type=float, default=DEFAULT_IDLE_S)
+    parser.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES)
+    parser.add_argument("--model", default="parametric")
+    parser.add_argument(
+        "--mouth-box", type=float, nargs=4, metavar=("Y1", "Y2", "X1", "X2"),
+        default=DEFAULT_MOUTH_BOX, help="the lips as fractions of the face crop",
+    )
+    parser.add_argument("--force", action="store_true", help="rebuild a complete avatar")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    image, source = args.image, None
+    if args.astronaut:
+        from skimage import data  # only this option needs scikit-image
+
+        image, source = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR), "skimage:astronaut"
+    try:
+        path = build_avatar(
+            args.avatar_id, image=image, video=args.video, out_dir=args.out,
+            face_size=args.face_size, idle_seconds=args.idle_seconds, max_frames=args.max_frames,
+            model=args.model, mouth_box=tuple(args.mouth_box), source=source, force=args.force,
+        )
+    except NoFaceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
