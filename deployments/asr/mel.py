@@ -84,7 +84,7 @@ MEL_BASIS = _build_mel_basis()  # (80, 401) float32, exactly librosa's
 MEL_BASIS.setflags(write=False)
 _MEL_BASIS_F64 = MEL_BASIS.astype(np.float64)  # upstream's np.dot upcasts the float32 basis
 _WINDOW = _periodic_hann(WIN_SAMPLES)
-# exp(-5 ln 10) as upstream writes it, rather than the literal 1e-5 (differs in the last ulp).
+# exp(-5 ln 10) as upstream writes it, not the literal 1e-5 (they differ by a few ulps).
 _MIN_LEVEL = np.exp(MIN_LEVEL_DB / 20 * np.log(10))
 
 

@@ -5,15 +5,16 @@ Layout of `data/avatars/<id>/` (ARCHITECTURE.md §6, parity/README.md §4.6)::
     full_imgs/00000000.png ...   every video frame, BGR
     face_imgs/00000000.png ...   the face box of each frame, cv2.resize'd to S x S
     coords.pkl                   pickled list of (y1, y2, x1, x2) Python-int tuples, one per frame
-    avatar.json                  ours, optional (LiveTalking folders have none), see `AvatarMeta` keys
+    avatar.json                  ours, optional (LiveTalking folders have none)
 
 `avatar.json` (format 1)::
 
     {"format": 1, "avatar_id": "astronaut", "model": "parametric", "face_size": 256,
      "frames": 75, "fps": 25, "frame_size": [512, 512], "source": "skimage:astronaut",
-     "mouth_box": [0.64, 0.82, 0.30, 0.70]}
+     "mouth_box": [0.30, 0.64, 0.40, 0.18]}
 
-`mouth_box` is (y1, y2, x1, x2) as fractions of the face crop, in the same order as `coords`.
+`mouth_box` is the lips' (x, y, w, h) box as fractions of the face crop (OpenCV's box order;
+note that `coords` use LiveTalking's (y1, y2, x1, x2) pixels).
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ FULL_DIR = "full_imgs"
 FACE_DIR = "face_imgs"
 COORDS_FILE = "coords.pkl"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # LiveTalking globs *.[jpJP][pnPN]*[gG]
-# Lips of a face crop whose box is a frontal face padded to include the chin (y1, y2, x1, x2).
-DEFAULT_MOUTH_BOX = (0.64, 0.82, 0.30, 0.70)
+# Lips (x, y, w, h) in a face crop whose box is a frontal face padded to include the chin.
+DEFAULT_MOUTH_BOX = (0.30, 0.64, 0.40, 0.18)
 LIVETALKING_MODEL = "wav2lip"  # what a folder without avatar.json was made for
 
 
@@ -84,9 +85,9 @@ class Avatar:
 
     @property
     def mouth_box(self) -> tuple[float, float, float, float]:
-        """Mouth box (y1, y2, x1, x2) as fractions of a face crop."""
-        y1, y2, x1, x2 = (float(v) for v in self.meta.get("mouth_box", DEFAULT_MOUTH_BOX))
-        return y1, y2, x1, x2
+        """The lips' box (x, y, w, h) as fractions of a face crop."""
+        x, y, w, h = (float(v) for v in self.meta.get("mouth_box", DEFAULT_MOUTH_BOX))
+        return x, y, w, h
 
 
 def mirror_index(size: int, index: int) -> int:
@@ -180,9 +181,10 @@ def _read_meta(path: Path, n: int, face_size: int, frame_hw: tuple[int, int]) ->
             raise InvalidAvatar(f"{path}: {META_FILE} is not JSON: {exc}") from None
         if meta.get("format", META_FORMAT) != META_FORMAT:
             raise InvalidAvatar(f"{path}: {META_FILE} format {meta['format']} != {META_FORMAT}")
-        for key, actual in (("frames", n), ("face_size", face_size), ("frame_size", list(frame_hw))):
-            if key in meta and meta[key] != actual:
-                raise InvalidAvatar(f"{path}: {META_FILE} says {key}={meta[key]}, files have {actual}")
+        actual = {"frames": n, "face_size": face_size, "frame_size": list(frame_hw)}
+        for key, value in actual.items():
+            if key in meta and meta[key] != value:
+                raise InvalidAvatar(f"{path}: {META_FILE} has {key}={meta[key]}, files {value}")
     defaults = {
         "format": META_FORMAT,
         "avatar_id": path.name,

@@ -118,11 +118,39 @@ def _video_frames_and_boxes(
     return np.stack(frames), smooth_boxes(np.asarray(boxes, np.int64))
 
 
+def _read_still(
+    image: np.ndarray | Path | None, astronaut: bool, source: str | None
+) -> tuple[np.ndarray, str]:
+    """The BGR still and how avatar.json names it."""
+    if astronaut:
+        from skimage import data  # only this source needs scikit-image
+
+        return cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR), source or "skimage:astronaut"
+    if isinstance(image, (str, Path)):
+        still = cv2.imread(str(image), cv2.IMREAD_COLOR)
+        if still is None:
+            raise FileNotFoundError(f"cannot read image {image}")
+        return still, source or f"image:{image}"
+    return np.ascontiguousarray(image), source or "array"
+
+
+def _idle_frames_and_boxes(
+    still: np.ndarray, source: str, n_frames: int
+) -> tuple[np.ndarray, np.ndarray]:
+    face = detect_face(still)
+    if face is None:
+        raise NoFaceError(f"no face found in {source.split(':', 1)[-1]}: {NO_FACE_HINT}")
+    frames = synthesize_idle(still, face, n_frames)
+    # One box for the whole loop: the idle motion stays within MAX_MOTION_PX.
+    return frames, np.asarray([face_coords(face, still.shape[:2])] * n_frames, np.int64)
+
+
 def build_avatar(
     avatar_id: str,
     *,
     image: np.ndarray | Path | None = None,
     video: Path | None = None,
+    astronaut: bool = False,
     out_dir: Path = DEFAULT_OUT_DIR,
     face_size: int = DEFAULT_FACE_SIZE,
     idle_seconds: float = DEFAULT_IDLE_S,
@@ -133,7 +161,22 @@ def build_avatar(
     force: bool = False,
     progress: bool = True,
 ) -> Path:
-    """Build `out_dir/avatar_id` from exactly one of `image` (BGR array or file) and `video`.
+    """Build `out_dir/avatar_id` from exactly one source.
+
+    Args:
+        avatar_id: The folder name.
+        image: A still (BGR array or image file): becomes an idle loop of `idle_seconds`.
+        video: A video file: its first `max_frames` frames are used as they are.
+        astronaut: Use scikit-image's astronaut photo as the still.
+        out_dir: Where avatar folders live.
+        face_size: Side of the square face crops in pixels.
+        idle_seconds: Length of a still's idle loop.
+        max_frames: Cap on the frames taken from a video.
+        model: The lip-sync model the avatar is for (recorded in avatar.json).
+        mouth_box: The lips' box (x, y, w, h) as fractions of the face crop.
+        source: How avatar.json names the source (default: derived from the arguments).
+        force: Rebuild even if the folder already holds a complete avatar.
+        progress: Show tqdm progress bars.
 
     Returns:
         The avatar folder. If it already holds a complete avatar and not `force`, it is
@@ -143,8 +186,8 @@ def build_avatar(
         NoFaceError: No face in the image or in any video frame.
         FileNotFoundError: The source cannot be read.
     """
-    if (image is None) == (video is None):
-        raise ValueError("give exactly one of image= and video=")
+    if (image is not None) + (video is not None) + astronaut != 1:
+        raise ValueError("give exactly one of image=, video= and astronaut=True")
     target = Path(out_dir) / avatar_id
     if not force and is_complete(target):
         log.info("avatar %s is complete: nothing to do (force=True rebuilds it)", target)
@@ -153,20 +196,10 @@ def build_avatar(
         source = source or f"video:{video}"
         frames, coords = _video_frames_and_boxes(Path(video), max_frames, progress)
     else:
-        if isinstance(image, (str, Path)):
-            source = source or f"image:{image}"
-            still = cv2.imread(str(image), cv2.IMREAD_COLOR)
-            if still is None:
-                raise FileNotFoundError(f"cannot read image {image}")
-        else:
-            source, still = source or "array", np.ascontiguousarray(image)
-        face = detect_face(still)
-        if face is None:
-            raise NoFaceError(f"no face found in {source.split(':', 1)[-1]}: {NO_FACE_HINT}")
-        frames = synthesize_idle(still, face, max(1, round(idle_seconds * FPS)))
-        coords = np.asarray([face_coords(face, still.shape[:2])] * len(frames), np.int64)
+        still, source = _read_still(image, astronaut, source)
+        frames, coords = _idle_frames_and_boxes(still, source, max(1, round(idle_seconds * FPS)))
     size = (face_size, face_size)
-    crops = np.stack([cv2.resize(f[y1:y2, x1:x2], size) for f, (y1, y2, x1, x2) in zip(frames, coords)])
+    crops = np.stack([cv2.resize(f[a:b, c:d], size) for f, (a, b, c, d) in zip(frames, coords)])
     meta = {
         "format": META_FORMAT,
         "avatar_id": avatar_id,
@@ -209,22 +242,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES)
     parser.add_argument("--model", default="parametric")
     parser.add_argument(
-        "--mouth-box", type=float, nargs=4, metavar=("Y1", "Y2", "X1", "X2"),
-        default=DEFAULT_MOUTH_BOX, help="the lips as fractions of the face crop",
+        "--mouth-box", type=float, nargs=4, metavar=("X", "Y", "W", "H"),
+        default=DEFAULT_MOUTH_BOX, help="the lips' box as fractions of the face crop",
     )
     parser.add_argument("--force", action="store_true", help="rebuild a complete avatar")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    image, source = args.image, None
-    if args.astronaut:
-        from skimage import data  # only this option needs scikit-image
-
-        image, source = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR), "skimage:astronaut"
     try:
         path = build_avatar(
-            args.avatar_id, image=image, video=args.video, out_dir=args.out,
+            args.avatar_id, image=args.image, video=args.video, astronaut=args.astronaut,
+            out_dir=args.out,
             face_size=args.face_size, idle_seconds=args.idle_seconds, max_frames=args.max_frames,
-            model=args.model, mouth_box=tuple(args.mouth_box), source=source, force=args.force,
+            model=args.model, mouth_box=tuple(args.mouth_box), force=args.force,
         )
     except NoFaceError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -42,7 +42,9 @@ def find_eyes(image: np.ndarray, face: FaceBox) -> list[Eye]:
     hits = sorted((tuple(int(v) for v in b) for b in hits), key=lambda b: -b[2])[:2]
     if len(hits) == 2 and abs((hits[0][0] - hits[1][0])) > w // 5:
         # A Haar eye box includes brow and lashes: the eye itself is its middle third.
-        return [(x + ex + ew / 2, y + ey + eh * 0.55, ew * 0.38, eh * 0.16) for ex, ey, ew, eh in hits]
+        return [
+            (x + ex + ew / 2, y + ey + eh * 0.55, ew * 0.38, eh * 0.16) for ex, ey, ew, eh in hits
+        ]
     return [(x + fx * w, y + fy * h, w * 0.11, h * 0.055) for fx, fy in FALLBACK_EYES]
 
 
@@ -58,7 +60,7 @@ def blink(image: np.ndarray, eyes: list[Eye], closure: float) -> np.ndarray:
         top, lid0, bottom = cy - 3.0 * b, cy - b, cy + 1.8 * b
         x0, x1 = max(0, math.floor(cx - 1.2 * a)), min(image.shape[1], math.ceil(cx + 1.2 * a) + 1)
         y0, y1 = max(0, math.floor(top)), min(image.shape[0], math.ceil(bottom) + 1)
-        xs, ys = np.meshgrid(np.arange(x0, x1, dtype=np.float32), np.arange(y0, y1, dtype=np.float32))
+        ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
         arch = np.sqrt(np.clip(1.0 - ((xs - cx) / (1.2 * a)) ** 2, 0.0, 1.0))
         lid = lid0 + closure * 2.0 * b * arch  # where the lid edge is drawn now
         above = top + (ys - top) * (lid0 - top) / np.maximum(lid - top, 1e-3)

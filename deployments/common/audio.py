@@ -166,6 +166,8 @@ def decode_audio(data: bytes, *, max_seconds: float = DEFAULT_MAX_UPLOAD_S) -> n
     except sf.LibsndfileError:
         # libsndfile does not know the format (mp3 on older builds, m4a, ...): ask FFmpeg
         return _decode_av(data, max_seconds)
+    if pcm.size == 0:
+        raise UnsupportedMedia("the upload holds no audio samples")
     return resample(pcm, sr, SAMPLE_RATE)
 
 

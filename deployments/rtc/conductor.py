@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from deployments.asr.features import LEFT_CONTEXT_SAMPLES, RIGHT_CONTEXT_SAMPLES
+from deployments.avatar.assets import mirror_index
 from deployments.avatar.types import RenderRequest, RenderResult
 from deployments.common.audio import to_int16
 from deployments.common.timing import SAMPLES_PER_FRAME
@@ -40,12 +41,6 @@ class ConductorConfig:
     chunk_frames: int = 4  # K: frames per render request (2–8)
     lead_chunks: int = 2  # how far production may run ahead of playback
     start_margin_frames: int = 1  # new speech is placed this many slots after the one playing
-
-
-def mirror_index(size: int, i: int) -> int:
-    """LiveTalking's ping-pong over the avatar's frames: forward, then backward."""
-    turn, res = divmod(i, size)
-    return res if turn % 2 == 0 else size - res - 1
 
 
 class Conductor:

@@ -92,8 +92,9 @@ class EdgeTTSEngine(TTSEngine):
         except StopAsyncIteration:
             return None
         except _UNREACHABLE as e:
+            detail = str(e) or f"no answer within {FIRST_MESSAGE_TIMEOUT_S:g} s"
             raise EngineError(
-                f"edge-tts could not reach its service ({type(e).__name__}: {e}): "
+                f"edge-tts could not reach its service ({type(e).__name__}: {detail}): "
                 "check network access or choose tts engine 'piper'",
                 retryable=True,
             ) from e

@@ -100,6 +100,11 @@ def test_junk_is_unsupported_media(junk: bytes) -> None:
     assert info.value.status == 415
 
 
+def test_wav_without_samples_is_unsupported_media() -> None:
+    with pytest.raises(UnsupportedMedia, match="no audio samples"):
+        decode_audio(encode_soundfile(np.zeros((0, 1), np.float32), 16000, "WAV", "PCM_16"))
+
+
 def test_too_long_wav_is_payload_too_large() -> None:
     data = encode_soundfile(tone(16000, 1, seconds=3.0), 16000, "WAV", "PCM_16")
     with pytest.raises(PayloadTooLarge, match="limit is 2 s") as info:

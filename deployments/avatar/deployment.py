@@ -1,0 +1,143 @@
+"""`AvatarRenderer`: the lip-sync Serve deployment (Serve concerns only; engines do the work).
+
+Requests from many sessions are batched with `@serve.batch`; all their frames go through one
+renderer call per avatar. Avatars are loaded on first use and kept in a per-replica LRU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+from ray import serve
+
+from deployments.avatar.assets import Avatar, load_avatar
+from deployments.avatar.parametric import MEL_STEPS, N_MELS, ParametricLipSync
+from deployments.avatar.types import RenderRequest, RenderResult
+from deployments.common.errors import BadRequest, NotConfigured
+
+MODELS = ("parametric",)  # the weight-free default; real models plug in here
+AVATAR_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")  # a folder name, no paths
+
+
+class RendererConfig(BaseModel):
+    """`user_config` of the deployment, changed without a restart."""
+
+    max_batch_size: int = Field(8, ge=1, le=1024)
+    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=1.0)
+
+
+@dataclass(eq=False)
+class _Loaded:
+    avatar: Avatar
+    renderer: ParametricLipSync
+
+
+@dataclass(eq=False)
+class _Job:
+    """One request with its avatar pinned, so LRU eviction cannot race the batch."""
+
+    req: RenderRequest
+    entry: _Loaded
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=32)
+class AvatarRenderer:
+    """Renders face crops of cached avatars from per-frame audio features.
+
+    Args:
+        data_dir: Folder holding one sub-folder per avatar id.
+        model: Lip-sync model; only "parametric" so far.
+        max_cached_avatars: How many avatars one replica keeps decoded (LRU).
+    """
+
+    def __init__(
+        self, data_dir: str = "data/avatars", model: str = "parametric", max_cached_avatars: int = 4
+    ) -> None:
+        if model not in MODELS:
+            raise NotConfigured(f"lip-sync model {model!r} is not available (have {MODELS})")
+        self._data_dir = Path(data_dir)
+        self._max_cached = max(1, max_cached_avatars)
+        self._cache: OrderedDict[str, _Loaded] = OrderedDict()
+        self._loading: dict[str, asyncio.Task[_Loaded]] = {}
+        self._stats = {"batches": 0, "requests": 0, "frames": 0, "largest_batch": 0, "loads": 0}
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply a validated `RendererConfig` to the batcher."""
+        cfg = RendererConfig.model_validate(user_config or {})
+        self._render_batch.set_max_batch_size(cfg.max_batch_size)
+        self._render_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+
+    async def _get(self, avatar_id: str) -> _Loaded:
+        """The cached avatar, loaded off the event loop on first use (LRU eviction)."""
+        if not AVATAR_ID_RE.match(avatar_id):
+            raise BadRequest(f"invalid avatar id {avatar_id!r}")
+        if avatar_id in self._cache:
+            self._cache.move_to_end(avatar_id)
+            return self._cache[avatar_id]
+        task = self._loading.get(avatar_id)
+        if task is None:  # one load per id, however many requests wait for it
+            task = asyncio.ensure_future(asyncio.to_thread(self._load, avatar_id))
+            self._loading[avatar_id] = task
+            task.add_done_callback(lambda _: self._loading.pop(avatar_id, None))
+        entry = await asyncio.shield(task)
+        self._cache[avatar_id] = entry
+        self._cache.move_to_end(avatar_id)
+        while len(self._cache) > self._max_cached:
+            self._cache.popitem(last=False)
+        return entry
+
+    def _load(self, avatar_id: str) -> _Loaded:
+        """Decode one avatar folder and build its renderer (runs in a worker thread)."""
+        avatar = load_avatar(self._data_dir / avatar_id)  # AvatarNotFound (404) if unknown
+        self._stats["loads"] += 1
+        return _Loaded(avatar, ParametricLipSync(avatar.face_size, avatar.mouth_box))
+
+    async def render(self, req: RenderRequest) -> RenderResult:
+        """Render the K crops of one session chunk (batched with other sessions' chunks)."""
+        entry = await self._get(req.avatar_id)
+        n, k = entry.avatar.n_frames, len(req.frame_indices)
+        if k == 0 or any(not 0 <= i < n for i in req.frame_indices):
+            raise BadRequest(f"frame_indices must be 1+ indices in 0..{n - 1} for {req.avatar_id}")
+        if (shape := np.shape(req.features)) != (k, N_MELS, MEL_STEPS):
+            raise BadRequest(f"features must be ({k}, {N_MELS}, {MEL_STEPS}), got {shape}")
+        return await self._render_batch(_Job(req, entry))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _render_batch(self, jobs: list[_Job]) -> list[RenderResult]:
+        """All frames of all jobs, one renderer call per avatar, split back per job."""
+        groups: dict[int, list[int]] = {}
+        for j, job in enumerate(jobs):
+            groups.setdefault(id(job.entry), []).append(j)
+        results: list[RenderResult | None] = [None] * len(jobs)
+        for members in groups.values():
+            entry = jobs[members[0]].entry
+            index = [i for j in members for i in jobs[j].req.frame_indices]
+            crops = entry.avatar.face_crops[index]
+            feats = np.concatenate([np.asarray(jobs[j].req.features, np.float32) for j in members])
+            # Off the event loop: cv2/numpy release the GIL and the next batch can gather.
+            out = await asyncio.to_thread(entry.renderer.render, crops, feats)
+            start = 0
+            for j in members:
+                k = len(jobs[j].req.frame_indices)
+                results[j] = RenderResult(crops=out[start : start + k])
+                start += k
+        self._stats["batches"] += 1
+        self._stats["requests"] += len(jobs)
+        self._stats["frames"] += sum(len(job.req.frame_indices) for job in jobs)
+        self._stats["largest_batch"] = max(self._stats["largest_batch"], len(jobs))
+        return results  # type: ignore[return-value]  # every slot was filled
+
+    async def stats(self) -> dict[str, int]:
+        """Counters since start: batches, requests, frames, largest_batch, loads, cached."""
+        return {**self._stats, "cached": len(self._cache)}
+
+    async def avatar_info(self, avatar_id: str) -> dict[str, Any]:
+        """The avatar's metadata (`avatar.json` schema: face_size, frames, frame_size, ...)."""
+        return dict((await self._get(avatar_id)).avatar.meta)
