@@ -2,7 +2,7 @@
 
 Layout of `data/avatars/<id>/` (ARCHITECTURE.md §6, parity/README.md §4.6)::
 
-    full_imgs/00000000.png ...   every video frame, BGR
+    full_imgs/00000000.png ...   every video frame, BGR (same size)
     face_imgs/00000000.png ...   the face box of each frame, cv2.resize'd to S x S
     coords.pkl                   pickled list of (y1, y2, x1, x2) Python-int tuples, one per frame
     avatar.json                  ours, optional (LiveTalking folders have none)
@@ -61,7 +61,7 @@ class Avatar:
 
     Attributes:
         id: The folder name.
-        full_frames: (N, H, W, 3) uint8 BGR video frames.
+        full_frames: (N, H, W, 3) uint8 BGR video frames (only frame 0 if loaded without).
         face_crops: (N, S, S, 3) uint8 BGR face crops.
         coords: (N, 4) int32 face boxes (y1, y2, x1, x2) in `full_frames` pixels.
         meta: `avatar.json` content, completed with inferred values.
@@ -199,11 +199,13 @@ def _read_meta(path: Path, n: int, face_size: int, frame_hw: tuple[int, int]) ->
     return {**defaults, **meta}
 
 
-def load_avatar(path: Path | str) -> Avatar:
+def load_avatar(path: Path | str, *, full_frames: bool = True) -> Avatar:
     """Load an avatar folder (ours or LiveTalking's, as it is).
 
     Args:
         path: The avatar folder, e.g. `data/avatars/astronaut`.
+        full_frames: Decode the full frames too. A renderer needs only the face crops: without
+            them `full_frames` holds just frame 0 (to check the boxes against its size).
 
     Returns:
         The decoded avatar; `meta` always has the keys of the `avatar.json` schema.
@@ -226,7 +228,7 @@ def load_avatar(path: Path | str) -> Avatar:
         raise InvalidAvatar(
             f"{path}: {len(full_files)} images in {FULL_DIR}/ but {len(face_files)} in {FACE_DIR}/"
         )
-    full = _read_stack(full_files, FULL_DIR, path)
+    full = _read_stack(full_files if full_frames else full_files[:1], FULL_DIR, path)
     faces = _read_stack(face_files, FACE_DIR, path)
     if faces.shape[1] != faces.shape[2]:
         raise InvalidAvatar(f"{path}: face crops are {faces.shape[1:3]}, expected square")

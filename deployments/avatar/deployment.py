@@ -95,7 +95,8 @@ class AvatarRenderer:
 
     def _load(self, avatar_id: str) -> _Loaded:
         """Decode one avatar folder and build its renderer (runs in a worker thread)."""
-        avatar = load_avatar(self._data_dir / avatar_id)  # AvatarNotFound (404) if unknown
+        # Only the crops: full frames stay with SessionHost. AvatarNotFound (404) if unknown.
+        avatar = load_avatar(self._data_dir / avatar_id, full_frames=False)
         self._stats["loads"] += 1
         return _Loaded(avatar, ParametricLipSync(avatar.face_size, avatar.mouth_box))
 

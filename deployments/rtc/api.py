@@ -6,8 +6,9 @@ Every error is `{"code": -1, "msg": ...}` with a 4xx/5xx status; nothing a clien
 take a session or the server down.
 """
 
-from __future__ import annotations
 
+# No `from __future__ import annotations` here: FastAPI must see real classes (Request) in the
+# signatures of the class-based routes that Serve rewrites.
 import asyncio
 import logging
 from pathlib import Path

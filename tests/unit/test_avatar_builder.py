@@ -147,6 +147,9 @@ def test_loads_livetalking_folder_without_metadata(tmp_path: Path) -> None:
     assert avatar.coords.dtype == np.int32 and avatar.coords.shape == (12, 4)
     assert avatar.meta["model"] == "wav2lip" and avatar.meta["face_size"] == 32
     assert avatar.meta["frames"] == 12 and avatar.meta["frame_size"] == [60, 80]
+    crops_only = load_avatar(avatar_path := tmp_path / "lt_avatar", full_frames=False)
+    assert crops_only.full_frames.shape == (1, 60, 80, 3) and crops_only.n_frames == 12
+    assert np.array_equal(crops_only.face_crops, load_avatar(avatar_path).face_crops)
 
 
 def test_load_errors_name_the_folder_and_the_problem(tmp_path: Path) -> None:

@@ -56,7 +56,6 @@ def test_mouth_opens_monotonically_with_energy(lips: ParametricLipSync) -> None:
     assert change[0] == 0 and change[-1] > 0
     assert all(b >= a for a, b in zip(change, change[1:]))
     # The opening is dark: the mouth centre gets darker as it opens.
-    r0, r1, c0, c1 = lips.region
     centre = (slice(int(0.73 * S), int(0.73 * S) + 4), slice(S // 2 - 4, S // 2 + 4))
     assert lips.render(face, _speech(5.0))[0][centre].mean() < face[0][centre].mean() - 40
 
