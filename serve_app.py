@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import Field, field_validator
 from ray.serve import Application
 
 from deployments.asr.deployment import AudioFeatures
@@ -25,24 +25,15 @@ from deployments.tts.deployment import TTSService
 REPO_ROOT = Path(__file__).resolve().parent
 
 
-class AppArgs(BaseModel):
-    """Everything `configs/serve.yaml` may set under `args`."""
+class AppArgs(HostSettings):
+    """Everything `configs/serve.yaml` may set under `args`: the SessionHost settings plus these."""
 
-    avatar_id: str = "astronaut"
-    data_dir: str = "data/avatars"
     model: str = "parametric"
     tts_engine: str = "piper"
     tts_options: dict[str, Any] = Field(default_factory=dict)
-    # Host candidate addresses for WebRTC (env ICE_HOST_ADDRESSES wins); empty = all interfaces.
-    ice_host_addresses: list[str] = Field(default_factory=list)
-    ice_servers: list[str] = Field(default_factory=list)
-    max_sessions: int = Field(4, ge=1)
-    chunk_frames: int = Field(4, ge=2, le=8)
-    lead_chunks: int = Field(2, ge=1, le=4)
-    video_bitrate_kbps: int = Field(1000, ge=100, le=20000)
     api: ApiSettings = Field(default_factory=ApiSettings)
 
-    model_config = {"extra": "forbid"}
+    model_config = {"extra": "forbid", "validate_default": True}
 
     @field_validator("ice_host_addresses", "ice_servers", mode="before")
     @classmethod
@@ -76,16 +67,7 @@ def bind_graph(cfg: AppArgs, *, host_replicas: int | None = None) -> Application
     tts = TTSService.bind(engine=cfg.tts_engine, engine_options=cfg.tts_options)
     features = AudioFeatures.bind()
     renderer = AvatarRenderer.bind(data_dir=cfg.data_dir, model=cfg.model)
-    host_settings = HostSettings(
-        avatar_id=cfg.avatar_id,
-        data_dir=cfg.data_dir,
-        ice_host_addresses=cfg.ice_host_addresses,
-        ice_servers=cfg.ice_servers,
-        max_sessions=cfg.max_sessions,
-        chunk_frames=cfg.chunk_frames,
-        lead_chunks=cfg.lead_chunks,
-        video_bitrate_kbps=cfg.video_bitrate_kbps,
-    )
+    host_settings = HostSettings(**cfg.model_dump(include=set(HostSettings.model_fields)))
     host_deployment = SessionHost if host_replicas is None else SessionHost.options(num_replicas=host_replicas)
     host = host_deployment.bind(tts, features, renderer, settings=host_settings.model_dump())
     return Api.bind(host, settings=cfg.api.model_dump())

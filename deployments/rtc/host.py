@@ -32,8 +32,9 @@ class HostSettings(BaseModel):
 
     avatar_id: str = "astronaut"
     data_dir: str = "data/avatars"
+    # WebRTC host candidate addresses (env ICE_HOST_ADDRESSES wins); empty = all interfaces.
     ice_host_addresses: list[str] = Field(default_factory=list)
-    ice_servers: list[str] = Field(default_factory=list)
+    ice_servers: list[str] = Field(default_factory=list)  # STUN/TURN URLs; empty = no STUN traffic
     max_sessions: int = Field(4, ge=1)
     chunk_frames: int = Field(4, ge=2, le=8)
     lead_chunks: int = Field(2, ge=1, le=4)

@@ -6,9 +6,6 @@ The golden ``livetalking_stream_chunks`` (48, 80, 16) came from running upstream
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,14 +27,6 @@ CHUNK = 320  # samples per 20 ms LiveTalking audio chunk
 STEP_FRAMES = 16  # LiveTalking batch_size
 STEP_SAMPLES = 2 * STEP_FRAMES * CHUNK  # 10240: new audio per run_step
 
-
-@pytest.fixture(scope="module")
-def kit() -> tuple[Any, dict[str, Any]]:
-    """The wav2lip_mel arrays and metadata."""
-    default = Path(__file__).resolve().parents[2].parent / "shared" / "parity"
-    parity_dir = Path(os.environ.get("PARITY_DIR", default))
-    meta = json.loads((parity_dir / "wav2lip_mel.json").read_text())
-    return np.load(parity_dir / "wav2lip_mel.npz"), meta
 
 
 def test_context_is_ten_chunks_each_side() -> None:

@@ -6,9 +6,6 @@ and librosa 0.10.2. Set ``PARITY_DIR`` to use a kit elsewhere.
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,14 +24,6 @@ pytestmark = pytest.mark.unit
 PARITY_TOL = 1e-4  # the kit's float32 tolerance for mel values in [-4, 4]
 FLOAT64_TOL = 1e-10  # upstream is float64; an exact re-implementation agrees to ~1e-14
 
-
-@pytest.fixture(scope="module")
-def kit() -> tuple[Any, dict[str, Any]]:
-    """The wav2lip_mel arrays and metadata."""
-    default = Path(__file__).resolve().parents[2].parent / "shared" / "parity"
-    parity_dir = Path(os.environ.get("PARITY_DIR", default))
-    meta = json.loads((parity_dir / "wav2lip_mel.json").read_text())
-    return np.load(parity_dir / "wav2lip_mel.npz"), meta
 
 
 def test_mel_basis_is_librosa_slaney_filterbank(kit: tuple[Any, dict[str, Any]]) -> None:
