@@ -39,7 +39,8 @@ e2e: setup test-deps
 	scripts/loopback_only.sh $(BIN)/python -m pytest tests/e2e
 
 bench: setup
-	scripts/loopback_only.sh $(BIN)/python bench/render_bench.py
+	$(BIN)/python bench/render_bench.py
+	bench/run_bars.sh --trials 5
 
 clean:
 	rm -rf $(VENV) data/avatars/astronaut

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 
+import cv2
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
@@ -27,6 +28,14 @@ async def _sleep_until(clock: MediaClock, t: float) -> None:
     wait = t - clock.now()
     if wait > 0:
         await asyncio.sleep(wait)
+
+
+def _to_video_frame(bgr: np.ndarray) -> VideoFrame:
+    """The encoders want I420; OpenCV converts ~3x faster than PyAV reformatting BGR."""
+    h, w = bgr.shape[:2]
+    if h % 2 or w % 2:  # I420 needs even sides
+        return VideoFrame.from_ndarray(bgr, format="bgr24")
+    return VideoFrame.from_ndarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2YUV_I420), format="yuv420p")
 
 
 class AvatarVideoTrack(MediaStreamTrack):
@@ -51,7 +60,7 @@ class AvatarVideoTrack(MediaStreamTrack):
         if item is not None:
             self._last = item.frame
         self._timeline.mark_video_played(self._slot)
-        frame = VideoFrame.from_ndarray(self._last, format="bgr24")
+        frame = _to_video_frame(self._last)
         frame.pts = int(self._slot * FRAME_S * VIDEO_CLOCK_RATE)
         frame.time_base = VIDEO_TIME_BASE
         self.sent += 1

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Start the server as a user would (ICE_HOST_ADDRESSES=127.0.0.1 make run) and measure the bars
+# against it from the same loopback-only namespace. Extra arguments go to bench/e2e_bars.py.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "${IN_LOOPBACK_NS:-}" != 1 ]; then exec scripts/loopback_only.sh bash "$0" "$@"; fi
+log=$(mktemp)
+ICE_HOST_ADDRESSES=127.0.0.1 make run >"$log" 2>&1 &
+server=$!
+trap 'kill -INT $server 2>/dev/null; wait $server 2>/dev/null; .venv/bin/ray stop --force >/dev/null 2>&1 || true' EXIT
+for _ in $(seq 240); do
+  curl -sf http://127.0.0.1:8010/health >/dev/null && break
+  sleep 1
+done
+curl -sf http://127.0.0.1:8010/health >/dev/null || { tail -50 "$log"; exit 1; }
+PYTHONPATH=. .venv/bin/python bench/e2e_bars.py "$@"
