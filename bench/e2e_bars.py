@@ -96,7 +96,7 @@ async def soak(base: str, box, minutes: float) -> list[tuple[float, float]]:
                 await client.post("/human", text=SENTENCE, type="echo")
                 next_say += 20
             if not samples or elapsed - samples[-1][0] >= 30:
-                rss = sum(rss_mib(p) for p in find_pids("ray::ServeReplica:avatar"))
+                rss = sum(rss_mib(p) for p in find_pids("ServeReplica:avatar"))
                 samples.append((elapsed, rss))
             # Keep only recent receive history: the soak is about the server's memory.
             for name in ("video_t", "mouth", "audio_t", "audio_rms"):

@@ -10,8 +10,7 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def find_pids(fragment: str) -> list[int]:
-    """Processes whose command line contains `fragment` (Ray titles replicas
-    `ray::ServeReplica:<app>:<Deployment>`)."""
+    """Ray processes whose title contains `fragment` (`ray::ServeReplica:<app>:<Deployment>`)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -20,15 +19,23 @@ def find_pids(fragment: str) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if fragment in cmdline:
+        if cmdline.startswith("ray::") and fragment in cmdline:
             pids.append(int(entry.name))
     return pids
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User + system CPU seconds so far; 0 for a process that has gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
 
 
 def rss_mib(pid: int) -> float:
-    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE / 2**20
+    """Resident memory in MiB; 0 for a process that has gone."""
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE / 2**20
+    except OSError:
+        return 0.0

@@ -24,7 +24,16 @@ STATS_JS = """async () => {
 }"""
 
 
-async def test_page_starts_speaks_and_interrupts(server, tmp_path):
+CODEC_JS = """async () => {
+  const stats = await pc.getStats();
+  let mime = null;
+  stats.forEach((r) => { if (r.type === 'inbound-rtp' && r.kind === 'video' && r.codecId) mime = stats.get(r.codecId).mimeType; });
+  return mime;
+}"""
+
+
+@pytest.mark.parametrize("codec", ["VP8", "H264"])
+async def test_page_starts_speaks_and_interrupts(server, tmp_path, codec):
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
@@ -34,6 +43,7 @@ async def test_page_starts_speaks_and_interrupts(server, tmp_path):
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
             await page.goto(server + "/")
+            await page.select_option("#codec", codec)
             await page.click("#start")
             await page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=20_000)
             await page.wait_for_timeout(2000)
@@ -42,10 +52,11 @@ async def test_page_starts_speaks_and_interrupts(server, tmp_path):
             b = await page.evaluate(STATS_JS)
             fps = (b["frames"] - a["frames"]) / 2.0
             assert fps >= 20, f"the page shows {fps:.1f} fps"
+            assert await page.evaluate(CODEC_JS) == f"video/{codec}"
             await page.fill("#text", "Hello from the browser test, I am speaking now, can you see my lips move?")
             await page.click("#send")
             await page.wait_for_function("document.getElementById('speaking').textContent === 'speaking'", timeout=10_000)
-            await page.screenshot(path=str(tmp_path / "speaking.png"))
+            await page.screenshot(path=str(tmp_path / f"speaking-{codec}.png"))
             await page.click("#interrupt")
             await page.wait_for_function("document.getElementById('speaking').textContent === 'silent'", timeout=5_000)
             await page.click("#stop")
