@@ -5,9 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${IN_LOOPBACK_NS:-}" != 1 ]; then exec scripts/loopback_only.sh bash "$0" "$@"; fi
 log=$(mktemp)
-ICE_HOST_ADDRESSES=127.0.0.1 make run >"$log" 2>&1 &
+# Its own process group, so that stopping it reaches `serve run` under make.
+ICE_HOST_ADDRESSES=127.0.0.1 setsid make run >"$log" 2>&1 &
 server=$!
-trap 'kill -INT $server 2>/dev/null; wait $server 2>/dev/null; .venv/bin/ray stop --force >/dev/null 2>&1 || true' EXIT
+stop_server() {
+  kill -INT -- "-$server" 2>/dev/null || true
+  for _ in $(seq 30); do kill -0 "$server" 2>/dev/null || break; sleep 1; done
+  kill -KILL -- "-$server" 2>/dev/null || true
+  .venv/bin/ray stop --force >/dev/null 2>&1 || true
+}
+trap stop_server EXIT
 for _ in $(seq 240); do
   curl -sf http://127.0.0.1:8010/health >/dev/null && break
   sleep 1

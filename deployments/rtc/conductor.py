@@ -164,10 +164,9 @@ class Conductor:
                 self._idle_chunk(k)
 
     def _current_utterance(self) -> Utterance | None:
-        while self._queue and self._queue[0].exhausted and self._queue[0].started:
+        # Finished utterances leave the queue: fully scheduled, or ended without audio (failed TTS).
+        while self._queue and self._queue[0].exhausted:
             self._queue.popleft()
-        while self._queue and self._queue[0].exhausted and self._queue[0].remaining <= 0:
-            self._queue.popleft()  # ended without audio (failed or empty TTS)
         return self._queue[0] if self._queue else None
 
     async def _wait(self, timeout: float) -> None:
