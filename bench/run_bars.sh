@@ -9,7 +9,7 @@ log=$(mktemp)
 ICE_HOST_ADDRESSES=127.0.0.1 setsid make run >"$log" 2>&1 &
 server=$!
 stop_server() {
-  kill -INT -- "-$server" 2>/dev/null || true
+  kill -TERM -- "-$server" 2>/dev/null || true  # background jobs ignore SIGINT
   for _ in $(seq 30); do kill -0 "$server" 2>/dev/null || break; sleep 1; done
   kill -KILL -- "-$server" 2>/dev/null || true
   .venv/bin/ray stop --force >/dev/null 2>&1 || true
