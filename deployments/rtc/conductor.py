@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ FeaturesFn = Callable[[np.ndarray, int], Awaitable[np.ndarray]]
 RenderFn = Callable[[RenderRequest], Awaitable[RenderResult]]
 SpeechFn = Callable[[str], AsyncIterator[np.ndarray]]
 PasteFn = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+ObserveFn = Callable[[str, float], None]  # (stage, seconds): per-stage latency for metrics
 SPEECH_RMS_FLOOR = 1e-4  # below this a chunk is silence: no features, no render
 
 
@@ -58,6 +60,7 @@ class Conductor:
         render: RenderFn,
         speech: SpeechFn,
         config: ConductorConfig = ConductorConfig(),
+        observe: ObserveFn | None = None,
     ) -> None:
         self._avatar_id = avatar_id
         self._frames = full_frames
@@ -65,6 +68,7 @@ class Conductor:
         self._clock, self._timeline = clock, timeline
         self._features, self._render, self._speech = features, render, speech
         self.config = config
+        self._observe = observe or (lambda stage, seconds: None)
         self.turn = 0
         self._queue: deque[Utterance] = deque()
         self._tts_tasks: set[asyncio.Task] = set()
@@ -75,7 +79,7 @@ class Conductor:
         self._closed = False
         self.rendered_chunks = 0
         self.idle_chunks = 0
-        self.errors: list[str] = []
+        self.errors: deque[str] = deque(maxlen=20)  # recent TTS failures, for session stats
 
     # ---- control -------------------------------------------------------------------------
     def say(self, text: str) -> Utterance:
@@ -118,10 +122,14 @@ class Conductor:
     # ---- production ----------------------------------------------------------------------
     async def _synthesize(self, utt: Utterance) -> None:
         error = None
+        t0, first = time.perf_counter(), True
         try:
             async for pcm in self._speech(utt.text):
                 if utt.turn != self.turn:
                     break
+                if first:
+                    self._observe("tts_first_audio", time.perf_counter() - t0)
+                    first = False
                 utt.append(pcm)
                 self._wake.set()
         except asyncio.CancelledError:
@@ -209,17 +217,23 @@ class Conductor:
         if float(np.sqrt(np.mean(pcm**2))) < SPEECH_RMS_FLOOR:
             crops = None
         else:
+            t0 = time.perf_counter()
             feats = await self._features(window, k)
+            t1 = time.perf_counter()
             result = await self._render(RenderRequest(self._avatar_id, tuple(indices), feats))
             crops = result.crops
+            self._observe("features", t1 - t0)
+            self._observe("render", time.perf_counter() - t1)
         if turn != self.turn:
             return  # interrupted while rendering: the result belongs to a dead turn
         audio = to_int16(pcm).reshape(k, SAMPLES_PER_FRAME)
         # If rendering took longer than the margin, shift the chunk rather than lose its start.
         start = max(start, self._clock.playing_slot() + 1)
+        t0 = time.perf_counter()
         for i, idx in enumerate(indices):
             frame = self._frames[idx] if crops is None else self._paste(self._frames[idx], crops[i], idx)
             self._timeline.put(start + i, MediaItem(frame, audio[i], idx, turn, True))
+        self._observe("paste", time.perf_counter() - t0)
         self._cursor = max(self._cursor, start + k)
         self.rendered_chunks += 1
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, Field
 from ray import serve
+from ray.serve import metrics
 from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 from aiortc import RTCPeerConnection
@@ -25,6 +26,7 @@ from deployments.rtc.timeline import MediaClock, MediaTimeline
 from deployments.rtc.tracks import AvatarAudioTrack, AvatarVideoTrack
 
 log = logging.getLogger("ray.serve")
+LATENCY_BOUNDARIES_S = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]
 
 
 class HostSettings(BaseModel):
@@ -63,12 +65,21 @@ class SessionHost:
         self._paster = FeatheredPaster(self._avatar)
         self._sessions: dict[str, Session] = {}
         self._pending = 0  # offers being negotiated count against max_sessions too
+        # Prometheus metrics via Ray (ARCHITECTURE.md §8); tagged by stage, not by session, so
+        # their cardinality stays fixed however many sessions come and go.
+        self._latency = metrics.Histogram("avatar_stage_latency_s", "per-stage latency of the session pipeline",
+                                          boundaries=LATENCY_BOUNDARIES_S, tag_keys=("stage",))
+        self._session_gauge = metrics.Gauge("avatar_sessions", "sessions held by this SessionHost replica")
         configure_host_addresses(self.settings.ice_host_addresses)
         configure_video_bitrate(self.settings.video_bitrate_kbps)
 
     # ---- routing & health ----------------------------------------------------------------
     def record_routing_stats(self) -> dict:
+        self._session_gauge.set(len(self._sessions))
         return {"sessions": len(self._sessions) + self._pending}
+
+    def _observe(self, stage: str, seconds: float) -> None:
+        self._latency.observe(seconds, tags={"stage": stage})
 
     async def check_health(self) -> None:
         return None
@@ -117,6 +128,7 @@ class SessionHost:
             render=self._render,
             speech=self._speech,
             config=ConductorConfig(chunk_frames=self.settings.chunk_frames, lead_chunks=self.settings.lead_chunks),
+            observe=self._observe,
         )
         video = AvatarVideoTrack(clock, timeline, self._avatar.full_frames[0])
         audio = AvatarAudioTrack(clock, timeline)

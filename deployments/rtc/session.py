@@ -72,7 +72,7 @@ class Session:
             "idle_chunks": self.conductor.idle_chunks,
             "turn": self.conductor.turn,
             "speaking": self.conductor.speaking,
-            "errors": self.conductor.errors[-5:],
+            "errors": list(self.conductor.errors)[-5:],
         }
 
     async def aclose(self) -> None:
