@@ -121,21 +121,24 @@ class OutConv(nn.Module):
 
 
 class _AudioConv(nn.Module):
-    """The shared audio trunk; only the two entry blocks and conv3's stride differ per mode.
+    """The shared audio trunk; only the entry widths and conv3's stride differ per mode.
+
+    conv1 and conv2 are inverted residuals ``cin -> c1 -> c2``, residual where the width is kept
+    (as every later block). conv3/conv5 bring both modes to the image's 10x10 bottleneck.
 
     Args:
-        conv1: The first inverted residual (mode specific).
-        conv2: The second inverted residual (mode specific).
+        cin: Audio feature channels.
+        c1: conv1 output channels.
+        c2: conv2 output channels.
         conv3_stride: Stride of conv3, chosen so that both modes reach 16x16 there.
     """
 
-    def __init__(self, conv1: nn.Module, conv2: nn.Module, conv3_stride: tuple[int, int]) -> None:
+    def __init__(self, cin: int, c1: int, c2: int, conv3_stride: tuple[int, int]) -> None:
         super().__init__()
         c3, c4 = CHANNELS[3], CHANNELS[4]
-        self.conv1 = conv1
-        self.conv2 = conv2
-        self.conv3 = nn.Conv2d(c3 // 2 if conv2.conv[6].out_channels == c3 // 2 else c3, c3, 3,
-                               conv3_stride, 1)
+        self.conv1 = InvertedResidual(cin, c1, 1, residual=cin == c1)
+        self.conv2 = InvertedResidual(c1, c2, 1, residual=c1 == c2)
+        self.conv3 = nn.Conv2d(c2, c3, 3, conv3_stride, 1)
         self.bn3 = nn.BatchNorm2d(c3)
         self.conv4 = InvertedResidual(c3, c3, 1, residual=True)
         self.conv5 = nn.Conv2d(c3, c4, 3, 2, 3)  # padding 3: 16x16 -> 10x10, the image bottleneck
@@ -156,17 +159,14 @@ class AudioConvHubert(_AudioConv):
     """(B,16,32,32) HuBERT window -> (B,512,10,10)."""
 
     def __init__(self) -> None:
-        super().__init__(InvertedResidual(16, CHANNELS[1]), InvertedResidual(CHANNELS[1], CHANNELS[2]),
-                         conv3_stride=(2, 2))
+        super().__init__(16, CHANNELS[1], CHANNELS[2], conv3_stride=(2, 2))
 
 
 class AudioConvWenet(_AudioConv):
     """(B,128,16,32) WeNet window -> (B,512,10,10); conv3 halves only the width."""
 
     def __init__(self) -> None:
-        c = CHANNELS[3]
-        super().__init__(InvertedResidual(128, c), InvertedResidual(c, c, 1, residual=True),
-                         conv3_stride=(1, 2))
+        super().__init__(128, CHANNELS[3], CHANNELS[3], conv3_stride=(1, 2))
 
 
 AUDIO_BRANCHES: dict[str, type[_AudioConv]] = {"hubert": AudioConvHubert, "wenet": AudioConvWenet}
