@@ -47,13 +47,14 @@ class Case:
         self.meta: dict[str, Any] = json.loads((parity_dir / f"{name}.json").read_text())
         self.arrays = dict(np.load(parity_dir / f"{name}.npz"))
         self.entries = [(e["key"], tuple(e["shape"])) for e in self.meta["state_dict"]["entries"]]
+        self.loaded: dict[str, torch.nn.Module] = {}
 
     @cached_property
     def state(self) -> dict[str, torch.Tensor]:
-        """Every upstream state_dict entry filled by the rule (keys without any prefix)."""
-        own = build_model(self.name).state_dict()
-        return {k: torch.from_numpy(self.rule.state_dict_value(
-            k, tuple(v.shape), np.int64 if v.dtype == torch.int64 else np.float32)) for k, v in own.items()}
+        """Every upstream state_dict entry (json order, no prefix) filled by the rule."""
+        fill = self.rule.state_dict_value
+        return {e["key"]: torch.from_numpy(fill(e["key"], tuple(e["shape"]), np.dtype(e["dtype"])))
+                for e in self.meta["state_dict"]["entries"]}
 
     def checkpoint(self, layout: str) -> Path:
         """The weights saved as ``save_checkpoint`` writes them, with or without ``module.``."""
@@ -63,6 +64,12 @@ class Case:
             state = {prefix + k: v for k, v in self.state.items()}
             torch.save({"state_dict": state, "optimizer": {}, "global_step": 0, "global_epoch": 0}, path)
         return path
+
+    def load(self, layout: str) -> torch.nn.Module:
+        """``load_model`` on that checkpoint file, cached (a load costs about a second)."""
+        if layout not in self.loaded:
+            self.loaded[layout] = load_model(self.name, self.checkpoint(layout))
+        return self.loaded[layout]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -115,12 +122,16 @@ def test_state_dict_names_and_shapes_match_upstream(cases: dict[str, Case], name
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("name", MODELS)
-def test_checkpoint_reproduces_goldens(cases: dict[str, Case], name: str, layout: str) -> None:
+def test_checkpoint_reproduces_goldens(cases: dict[str, Case], name: str, layout: str,
+                                      record_property: Any) -> None:
     case = cases[name]
-    model = load_model(name, case.checkpoint(layout))
+    model = case.load(layout)
     assert not model.training, "load_model must return an eval-mode model (BatchNorm running stats)"
     errors = _errors(model, case.arrays)
     report = ", ".join(f"{k} max|err| = {v:.3g}" for k, v in errors.items())
+    for key, value in errors.items():  # kept in junit XML / shown with -s, to track the margin
+        record_property(f"max_abs_error_{key}", value)
+    print(f"{name} ({layout}): {report}")
     assert max(errors.values()) <= PARITY_TOL, f"{name} ({layout}): {report} (tolerance {PARITY_TOL})"
 
 
@@ -132,7 +143,7 @@ def test_wav2lip256_audio_branch_is_wav2lip96s(cases: dict[str, Case]) -> None:
 
 def test_time_axis_fold_matches_per_frame_calls(cases: dict[str, Case]) -> None:
     case = cases["wav2lip96"]
-    model = load_model("wav2lip96", case.checkpoint("module_prefix"))
+    model = case.load("module_prefix")
     audio, face = torch.from_numpy(case.arrays["input_audio"]), torch.from_numpy(case.arrays["input_face"])
     # T=2: frame 0 as given, frame 1 with the batch reversed; (B,T,1,80,16) and (B,6,T,96,96).
     audio5, face5 = torch.stack([audio, audio.flip(0)], 1), torch.stack([face, face.flip(0)], 2)

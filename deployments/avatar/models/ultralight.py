@@ -38,6 +38,8 @@ class InvertedResidual(nn.Module):
     """MobileNetV2 block: 1x1 expand, 3x3 depthwise (carries the stride), 1x1 project.
 
     Keys ``conv.{0,1,3,4,6,7}``: the ReLUs sit at indices 2 and 5, no ReLU after the projection.
+    Plain ReLU as upstream, not MobileNet's ReLU6 (the kit's activations stay below 6, so only
+    the upstream source tells the two apart).
     """
 
     def __init__(self, inp: int, oup: int, stride: int = 1, residual: bool = False) -> None:
