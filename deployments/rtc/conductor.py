@@ -43,6 +43,9 @@ class ConductorConfig:
     chunk_frames: int = 4  # K: frames per render request (2–8)
     lead_chunks: int = 2  # how far production may run ahead of playback
     start_margin_frames: int = 1  # new speech is placed this many slots after the one playing
+    # Audio the feature extractor needs around a chunk (mel: LiveTalking's 10 chunks each side).
+    left_context_samples: int = LEFT_CONTEXT_SAMPLES
+    right_context_samples: int = RIGHT_CONTEXT_SAMPLES
 
 
 class Conductor:
@@ -75,7 +78,7 @@ class Conductor:
         self._wake = asyncio.Event()
         self._cursor = 0  # next slot to produce
         self._avatar_counter = 0  # next ping-pong position
-        self._history = np.zeros(LEFT_CONTEXT_SAMPLES, np.float32)  # audio before the cursor
+        self._history = np.zeros(config.left_context_samples, np.float32)  # audio before the cursor
         self._closed = False
         self.rendered_chunks = 0
         self.idle_chunks = 0
@@ -151,7 +154,7 @@ class Conductor:
         self._cursor = min(self._cursor, slot)
         if kept is not None:
             self._avatar_counter = kept.avatar_index + 1
-        self._history = np.zeros(LEFT_CONTEXT_SAMPLES, np.float32)
+        self._history = np.zeros(self.config.left_context_samples, np.float32)
 
     async def run(self) -> None:
         k = self.config.chunk_frames
@@ -200,7 +203,8 @@ class Conductor:
 
     async def _speech_chunk(self, utt: Utterance, k: int) -> None:
         need = k * SAMPLES_PER_FRAME
-        if not utt.ended and utt.remaining < need + RIGHT_CONTEXT_SAMPLES:
+        right = self.config.right_context_samples
+        if not utt.ended and utt.remaining < need + right:
             # Give TTS until shortly before this chunk must play, then go with what there is.
             slack = (self._cursor - self._clock.playing_slot() - 1) * FRAME_S - 0.05
             if slack > 0:
@@ -209,7 +213,7 @@ class Conductor:
         utt.started = True
         turn = self.turn
         pcm = utt.take(need)
-        window = np.concatenate([self._history, pcm, utt.peek(RIGHT_CONTEXT_SAMPLES)])
+        window = np.concatenate([self._history, pcm, utt.peek(right)])
         indices = self._next_avatar_indices(k)
         start = self._cursor
         self._cursor += k
@@ -238,4 +242,5 @@ class Conductor:
         self.rendered_chunks += 1
 
     def _push_history(self, pcm: np.ndarray) -> None:
-        self._history = np.concatenate([self._history, pcm])[-LEFT_CONTEXT_SAMPLES:]
+        joined = np.concatenate([self._history, pcm])
+        self._history = joined[joined.size - self.config.left_context_samples :]
