@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -27,3 +29,13 @@ def kit(parity_dir: Path) -> tuple[Any, dict[str, Any]]:
     """The wav2lip_mel arrays and metadata."""
     meta = json.loads((parity_dir / "wav2lip_mel.json").read_text())
     return np.load(parity_dir / "wav2lip_mel.npz"), meta
+
+
+@pytest.fixture(scope="session")
+def weights_rule(parity_dir: Path) -> ModuleType:
+    """The kit's `weights_rule.py`, imported by path (the kit is not a package)."""
+    spec = importlib.util.spec_from_file_location("parity_weights_rule", parity_dir / "weights_rule.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

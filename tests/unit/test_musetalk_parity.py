@@ -14,7 +14,6 @@ about 7 GB of memory. Tests that only need names, shapes or error paths build th
 from __future__ import annotations
 
 import gc
-import importlib.util
 import json
 import re
 import resource
@@ -58,15 +57,6 @@ def arrays(parity_dir: Path) -> dict[str, np.ndarray]:
     with np.load(parity_dir / "musetalk.npz") as z:
         return {k: z[k] for k in z.files}
 
-
-@pytest.fixture(scope="module")
-def weights_rule(parity_dir: Path) -> ModuleType:
-    """The kit's ``weights_rule.py``, imported from the kit directory (it is not a package)."""
-    spec = importlib.util.spec_from_file_location("parity_weights_rule", parity_dir / "weights_rule.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def meta_model() -> MuseTalkUNet:

@@ -10,7 +10,6 @@ Set ``PARITY_DIR`` to use a kit elsewhere.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -29,15 +28,6 @@ pytestmark = pytest.mark.unit
 MODES = ("hubert", "wenet")
 PARITY_TOL = 1e-4  # the kit's float32 tolerance (README §3)
 
-
-@pytest.fixture(scope="module")
-def weights_rule(parity_dir: Path) -> ModuleType:
-    """The kit's ``weights_rule.py``, imported from its path (the kit is not a package)."""
-    spec = importlib.util.spec_from_file_location("parity_weights_rule", parity_dir / "weights_rule.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

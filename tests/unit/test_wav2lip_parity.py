@@ -8,7 +8,6 @@ and the strict load are covered along with the numerics. Set ``PARITY_DIR`` to u
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from collections.abc import Iterator
@@ -29,14 +28,6 @@ MODELS = ("wav2lip96", "wav2lip256")
 PARITY_TOL = 1e-4  # the kit's float32 tolerance; the upstream f32-vs-f64 floor is ~1e-6
 LAYOUTS = ("module_prefix", "bare_keys")
 
-
-def _import_rule(parity_dir: Path) -> ModuleType:
-    """The kit's ``weights_rule.py``, imported by path (the kit is not a package)."""
-    spec = importlib.util.spec_from_file_location("parity_weights_rule", parity_dir / "weights_rule.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class Case:
@@ -82,8 +73,8 @@ def _threads() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def cases(parity_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Case]:
-    rule = _import_rule(parity_dir)
+def cases(parity_dir: Path, weights_rule: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Case]:
+    rule = weights_rule
     tmp = tmp_path_factory.mktemp("wav2lip_ckpt")
     return {name: Case(name, parity_dir, rule, tmp) for name in MODELS}
 
