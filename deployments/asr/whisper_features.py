@@ -23,11 +23,13 @@ Uncertainties, stated plainly: (1) the edge rule. We clamp to the rows the buffe
 (``ceil(samples / 320)``), LiveTalking clamps to the 1500 rows of the padded 30 s and MuseTalk
 zero-pads. With the default 200 ms of context on each side no window ever reaches an edge
 (rows ``l - 4 .. l + 2 n + 3`` are needed, the buffer has rows ``0 .. l + 2 n + r - 1``), so the
-three agree; they would differ only for a buffer with less context, which this module refuses. (2) The encoder always
-runs on 30 s (whisper's positional table is fixed), so its cost is per call, not per second of
-audio: batch sessions with :meth:`WhisperFeatureEngine.frame_prompts_batch`. (3) The encoder is
-bidirectional, so every row depends on the whole buffer: the output equals LiveTalking's only
-for the same buffer (same ``l``, ``r`` and frames per step), not for any other chunking.
+three agree; they would differ only for a buffer with less context, which this module refuses.
+(2) The encoder always runs on 30 s (whisper's positional table is fixed), so its cost is per
+call, not per second of audio: batch sessions with
+:meth:`WhisperFeatureEngine.frame_prompts_batch`. (3) The encoder is bidirectional, so every row
+depends on the whole buffer: the output equals LiveTalking's only for the same buffer (same
+``l``, ``r`` and frames per step), not for any other chunking. (4) LiveTalking runs whisper in
+float16 on CUDA (``dtype=torch.float16`` here); float16 was not tested on this CPU-only box.
 """
 
 from __future__ import annotations

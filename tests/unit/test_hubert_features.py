@@ -48,10 +48,14 @@ def _save(path: Path, **config: Any) -> Path:
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> HubertFeatureEngine:
-    path = _save(tmp_path_factory.mktemp("hubert"), feat_extract_norm="layer", do_stable_layer_norm=True,
+def hubert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _save(tmp_path_factory.mktemp("hubert"), feat_extract_norm="layer", do_stable_layer_norm=True,
                  **SMALL)
-    return HubertFeatureEngine(path)
+
+
+@pytest.fixture(scope="module")
+def engine(hubert_dir: Path) -> HubertFeatureEngine:
+    return HubertFeatureEngine(hubert_dir)
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +172,16 @@ def test_large_width_gives_16x32x32(tmp_path: Path) -> None:
     assert engine.encode(pcm).shape == (n_rows_for(pcm.size), 1024)
     windows = engine.frame_windows(pcm, 2)
     assert windows.shape == (2, 16, 32, 32) and windows.dtype == np.float32
+
+
+def test_loads_the_saved_weights(engine: HubertFeatureEngine, hubert_dir: Path) -> None:
+    from safetensors.torch import load_file
+
+    saved = load_file(hubert_dir / "model.safetensors")  # HubertForCTC keys: "hubert." + lm_head
+    own = engine.model.state_dict()
+    assert len(own) == sum(k.startswith("hubert.") for k in saved)
+    for key, value in own.items():  # not a fresh random init: every tensor is the saved one
+        assert torch.equal(value, saved[f"hubert.{key}"]), key
 
 
 def test_missing_model_folder_names_the_source(tmp_path: Path) -> None:

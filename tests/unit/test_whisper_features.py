@@ -62,6 +62,20 @@ def pcm() -> np.ndarray:
     return audio
 
 
+@pytest.fixture(scope="module")
+def upstream(engine: WhisperFeatureEngine, pcm: np.ndarray) -> np.ndarray:
+    """LiveTalking ``Audio2Feature.audio2feat``: pad to 30 s, hidden states stacked on dim 2."""
+    features = engine.feature_extractor(pcm, return_tensors="pt", sampling_rate=16000).input_features
+    with torch.no_grad():
+        hidden = engine.encoder(features, output_hidden_states=True).hidden_states
+    return torch.stack(hidden, dim=2).squeeze(0).numpy()
+
+
+@pytest.fixture(scope="module")
+def prompts(engine: WhisperFeatureEngine, pcm: np.ndarray) -> np.ndarray:
+    return engine.frame_prompts(pcm, FRAMES)
+
+
 def _livetalking_chunks(features: np.ndarray, batch_size: int, win: list[int], start: float,
                         mult: float) -> list[np.ndarray]:
     """LiveTalking ``BaseASR._get_sliced_feature`` + ``WhisperASR._feature2chunks``, transcribed."""
@@ -96,49 +110,52 @@ def test_default_context_never_reaches_an_edge() -> None:
         assert np.array_equal(prompt_rows(n, n_rows), unclamped)
 
 
-def test_encode_is_livetalking_audio2feat(engine: WhisperFeatureEngine, pcm: np.ndarray) -> None:
+def test_encode_is_livetalking_audio2feat(engine: WhisperFeatureEngine, pcm: np.ndarray,
+                                          upstream: np.ndarray) -> None:
     states = engine.encode(pcm)
     assert states.shape == (pcm.size // 320, 5, 384) and states.dtype == np.float32
-    # LiveTalking audio2feat: pad to 30 s, encoder hidden states stacked on dim 2, 1500 rows.
-    features = engine.feature_extractor(pcm, return_tensors="pt", sampling_rate=16000).input_features
-    with torch.no_grad():
-        hidden = engine.encoder(features, output_hidden_states=True).hidden_states
-    upstream = torch.stack(hidden, dim=2).squeeze(0).numpy()
-    assert upstream.shape == (1500, 5, 384)
+    assert upstream.shape == (1500, 5, 384)  # upstream keeps the rows of the 30 s padding
     np.testing.assert_array_equal(states, upstream[: len(states)])
     # Hidden state 0 is the embedding output, 4 the final-LayerNorm output.
     assert not np.allclose(states[:, 0], states[:, 4])
 
 
-def test_frame_prompts_are_livetalking_windows(engine: WhisperFeatureEngine, pcm: np.ndarray) -> None:
-    prompts = engine.frame_prompts(pcm, FRAMES)
+def test_frame_prompts_are_livetalking_windows(engine: WhisperFeatureEngine, prompts: np.ndarray,
+                                               upstream: np.ndarray) -> None:
     assert prompts.shape == (FRAMES, 50, 384) and engine.prompt_shape == (50, 384)
-    features = engine.feature_extractor(pcm, return_tensors="pt", sampling_rate=16000).input_features
-    with torch.no_grad():
-        hidden = engine.encoder(features, output_hidden_states=True).hidden_states
-    upstream = torch.stack(hidden, dim=2).squeeze(0).numpy()
+    assert prompts.dtype == np.float32
     chunks = _livetalking_chunks(upstream, FRAMES, win=[2, 3], start=10 / 2, mult=2)
     np.testing.assert_array_equal(prompts, np.stack(chunks))
     # Row layout: prompt row 5 j + k = hidden state k of window row j (frame 1: rows 8..17).
-    states = engine.encode(pcm)
-    np.testing.assert_array_equal(prompts[1, 5 * 3 + 2], states[11, 2])
+    np.testing.assert_array_equal(prompts[1, 5 * 3 + 2], upstream[11, 2])
 
 
-def test_batch_is_one_pass_and_equals_unbatched(engine: WhisperFeatureEngine, pcm: np.ndarray) -> None:
-    rng = np.random.default_rng(1)
-    counts = [FRAMES, 1, 7]
-    pcms = [pcm] + [rng.normal(0, 0.1, pcm_samples_for(n)).astype(np.float32) for n in counts[1:]]
+def test_batch_is_one_pass_and_equals_unbatched(engine: WhisperFeatureEngine, pcm: np.ndarray,
+                                                prompts: np.ndarray) -> None:
+    counts = [FRAMES, 7]
+    pcms = [pcm, np.random.default_rng(1).normal(0, 0.1, pcm_samples_for(7)).astype(np.float32)]
     calls = []
     hook = engine.encoder.register_forward_hook(lambda module, args, output: calls.append(args[0].shape))
     try:
         batched = engine.frame_prompts_batch(pcms, counts)
     finally:
         hook.remove()
-    assert len(calls) == 1 and calls[0][0] == 3
-    for audio, n, got in zip(pcms, counts, batched, strict=True):
-        assert got.shape == (n, 50, 384)
-        assert np.abs(got - engine.frame_prompts(audio, n)).max() <= BATCH_TOL
+    assert len(calls) == 1 and calls[0][0] == 2
+    unbatched = [prompts, engine.frame_prompts(pcms[1], counts[1])]
+    for n, got, want in zip(counts, batched, unbatched, strict=True):
+        assert got.shape == want.shape == (n, 50, 384)
+        assert np.abs(got - want).max() <= BATCH_TOL
     assert engine.frame_prompts_batch([], []) == []
+
+
+def test_loads_the_saved_encoder_weights(engine: WhisperFeatureEngine, whisper_dir: Path) -> None:
+    from safetensors.torch import load_file
+
+    saved = load_file(whisper_dir / "model.safetensors")  # WhisperForConditionalGeneration keys
+    own = engine.encoder.state_dict()
+    assert len(own) == sum(k.startswith("model.encoder.") for k in saved)
+    for key, value in own.items():  # not a fresh random init: every tensor is the saved one
+        assert torch.equal(value, saved[f"model.encoder.{key}"]), key
 
 
 def test_missing_model_folder_names_the_source(tmp_path: Path) -> None:
