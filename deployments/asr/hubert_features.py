@@ -28,13 +28,13 @@ buffer, so features equal LiveTalking's only for the same buffer (same ``l``, ``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from numbers import Integral
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from deployments.avatar.models import CheckpointError
+from deployments.asr._pretrained import check_audio, check_n_frames, load_pretrained
 from deployments.common.timing import AUDIO_CHUNK_SAMPLES, SAMPLE_RATE, SAMPLES_PER_FRAME
 
 HUBERT_REPO = "facebook/hubert-large-ls960-ft"  # HF repo whose folder layout ``model_dir`` must have
@@ -89,26 +89,6 @@ def window_rows(n_frames: int, n_rows: int, *, first_row: int = LEFT_CONTEXT_ROW
     return np.clip(centers[:, None] + offsets, 0, n_rows - 1)
 
 
-def _check_n_frames(n_frames: object) -> int:
-    if not isinstance(n_frames, Integral) or isinstance(n_frames, bool) or n_frames < 1:
-        raise ValueError(f"n_frames must be a positive integer, got {n_frames!r}")
-    return int(n_frames)
-
-
-def _check_audio(pcm: object) -> np.ndarray:
-    """``pcm`` as float32 (no copy if it already is), or ValueError saying what is wrong."""
-    if not isinstance(pcm, np.ndarray):
-        raise ValueError(f"pcm must be a numpy array, got {type(pcm).__name__}")
-    if pcm.ndim != 1 or not np.issubdtype(pcm.dtype, np.floating):
-        raise ValueError(f"pcm must be a 1-D float array of 16 kHz samples, got {pcm.dtype} {pcm.shape}")
-    if not RECEPTIVE_FIELD_SAMPLES <= pcm.size <= MAX_PCM_SAMPLES:
-        raise ValueError(f"pcm must hold {RECEPTIVE_FIELD_SAMPLES} to {MAX_PCM_SAMPLES} samples"
-                         f" (25 ms to 20 s), got {pcm.size}")
-    if not np.isfinite(pcm).all():
-        raise ValueError("pcm contains NaN or infinite samples")
-    return pcm.astype(np.float32, copy=False)
-
-
 class HubertFeatureEngine:
     """HuBERT last hidden states and Ultralight's per-frame (16, 32, 32) windows.
 
@@ -135,19 +115,12 @@ class HubertFeatureEngine:
         """Load the feature extractor and the model (see the class docstring)."""
         from transformers import HubertModel, Wav2Vec2FeatureExtractor  # heavy: only when used
 
-        path = Path(model_dir)
-        expected = f"{DEFAULT_MODEL_DIR}/ with the files of HF repo {HUBERT_REPO}"
-        if not path.is_dir():
-            raise CheckpointError(
-                f"HuBERT model folder not found: {path} (expected {expected}; see models/README.md)")
-        try:
-            self.feature_extractor = Wav2Vec2FeatureExtractor.from_pretrained(path, local_files_only=True)
-            model = HubertModel.from_pretrained(path, local_files_only=True)
-        except Exception as exc:  # transformers raises OSError, ValueError, ... for a bad folder
-            raise CheckpointError(f"cannot load HuBERT from {path} (expected {expected}): {exc}") from exc
+        self.feature_extractor, model = load_pretrained(
+            model_dir, what="HuBERT", default_dir=DEFAULT_MODEL_DIR, repo=HUBERT_REPO,
+            extractor_cls=Wav2Vec2FeatureExtractor, model_cls=HubertModel)
         self.hidden_size = int(model.config.hidden_size)  # 1024 for HuBERT-large
         if self.hidden_size % WINDOW_COLUMNS:
-            raise CheckpointError(f"{path}: hidden size {self.hidden_size} does not reshape to rows of"
+            raise CheckpointError(f"{model_dir}: hidden size {self.hidden_size} does not reshape to rows of"
                                   f" {WINDOW_COLUMNS} (expected {HUBERT_REPO}, 1024)")
         self.device = torch.device(device)
         self.dtype = dtype
@@ -173,7 +146,7 @@ class HubertFeatureEngine:
         Raises:
             ValueError: Not a finite 1-D float array of an accepted length.
         """
-        return self._encode([_check_audio(pcm)])[0]
+        return self._encode([check_audio(pcm, min_samples=RECEPTIVE_FIELD_SAMPLES, max_samples=MAX_PCM_SAMPLES, limit="25 ms to 20 s")])[0]
 
     def frame_windows(self, pcm: np.ndarray, n_frames: int) -> np.ndarray:
         """Ultralight's HuBERT window for each of ``n_frames`` video frames.
@@ -215,8 +188,8 @@ class HubertFeatureEngine:
             raise ValueError(f"got {len(pcms)} pcm buffers for {len(n_frames)} frame counts")
         clips = []
         for pcm, n in zip(pcms, n_frames, strict=True):
-            n = _check_n_frames(n)
-            clip = _check_audio(pcm)
+            n = check_n_frames(n)
+            clip = check_audio(pcm, min_samples=RECEPTIVE_FIELD_SAMPLES, max_samples=MAX_PCM_SAMPLES, limit="25 ms to 20 s")
             if clip.size != pcm_samples_for(n):
                 raise ValueError(
                     f"pcm for {n} frames must hold {LEFT_CONTEXT_SAMPLES} + {n} * {SAMPLES_PER_FRAME} +"

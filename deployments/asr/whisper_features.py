@@ -35,13 +35,12 @@ float16 on CUDA (``dtype=torch.float16`` here); float16 was not tested on this C
 from __future__ import annotations
 
 from collections.abc import Sequence
-from numbers import Integral
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from deployments.avatar.models import CheckpointError
+from deployments.asr._pretrained import check_audio, check_n_frames, load_pretrained
 from deployments.common.timing import AUDIO_CHUNK_SAMPLES, SAMPLE_RATE, SAMPLES_PER_FRAME
 
 WHISPER_REPO = "openai/whisper-tiny"  # HF repo whose folder layout ``model_dir`` must have
@@ -92,26 +91,6 @@ def prompt_rows(n_frames: int, n_rows: int, *, first_row: int = LEFT_CONTEXT_ROW
     return np.clip(centers[:, None] + offsets, 0, n_rows - 1)
 
 
-def _check_n_frames(n_frames: object) -> int:
-    if not isinstance(n_frames, Integral) or isinstance(n_frames, bool) or n_frames < 1:
-        raise ValueError(f"n_frames must be a positive integer, got {n_frames!r}")
-    return int(n_frames)
-
-
-def _check_audio(pcm: object, max_samples: int) -> np.ndarray:
-    """``pcm`` as float32 (no copy if it already is), or ValueError saying what is wrong."""
-    if not isinstance(pcm, np.ndarray):
-        raise ValueError(f"pcm must be a numpy array, got {type(pcm).__name__}")
-    if pcm.ndim != 1 or not np.issubdtype(pcm.dtype, np.floating) or pcm.size == 0:
-        raise ValueError(
-            f"pcm must be a non-empty 1-D float array of 16 kHz samples, got {pcm.dtype} {pcm.shape}")
-    if pcm.size > max_samples:
-        raise ValueError(f"pcm is {pcm.size} samples; whisper takes at most {max_samples} (30 s) per pass")
-    if not np.isfinite(pcm).all():
-        raise ValueError("pcm contains NaN or infinite samples")
-    return pcm.astype(np.float32, copy=False)
-
-
 class WhisperFeatureEngine:
     """Whisper encoder hidden states and MuseTalk's per-frame audio prompts.
 
@@ -135,16 +114,9 @@ class WhisperFeatureEngine:
         """Load the feature extractor and the encoder (see the class docstring)."""
         from transformers import WhisperFeatureExtractor, WhisperModel  # heavy: only when used
 
-        path = Path(model_dir)
-        expected = f"{DEFAULT_MODEL_DIR}/ with the files of HF repo {WHISPER_REPO}"
-        if not path.is_dir():
-            raise CheckpointError(
-                f"whisper model folder not found: {path} (expected {expected}; see models/README.md)")
-        try:
-            self.feature_extractor = WhisperFeatureExtractor.from_pretrained(path, local_files_only=True)
-            model = WhisperModel.from_pretrained(path, local_files_only=True)
-        except Exception as exc:  # transformers raises OSError, ValueError, ... for a bad folder
-            raise CheckpointError(f"cannot load whisper from {path} (expected {expected}): {exc}") from exc
+        self.feature_extractor, model = load_pretrained(
+            model_dir, what="whisper", default_dir=DEFAULT_MODEL_DIR, repo=WHISPER_REPO,
+            extractor_cls=WhisperFeatureExtractor, model_cls=WhisperModel)
         self.device = torch.device(device)
         self.dtype = dtype
         self.encoder = model.get_encoder().to(device=self.device, dtype=dtype).eval().requires_grad_(False)
@@ -170,7 +142,7 @@ class WhisperFeatureEngine:
         Raises:
             ValueError: Not a finite, non-empty 1-D float array of at most 30 s.
         """
-        return self._encode([_check_audio(pcm, self.max_samples)])[0]
+        return self._encode([check_audio(pcm, min_samples=1, max_samples=self.max_samples, limit="whisper takes at most 30 s per pass")])[0]
 
     def frame_prompts(self, pcm: np.ndarray, n_frames: int) -> np.ndarray:
         """MuseTalk's audio prompt for each of ``n_frames`` video frames.
@@ -212,8 +184,8 @@ class WhisperFeatureEngine:
             raise ValueError(f"got {len(pcms)} pcm buffers for {len(n_frames)} frame counts")
         clips = []
         for pcm, n in zip(pcms, n_frames, strict=True):
-            n = _check_n_frames(n)
-            clip = _check_audio(pcm, self.max_samples)
+            n = check_n_frames(n)
+            clip = check_audio(pcm, min_samples=1, max_samples=self.max_samples, limit="whisper takes at most 30 s per pass")
             if clip.size != pcm_samples_for(n):
                 raise ValueError(
                     f"pcm for {n} frames must hold {LEFT_CONTEXT_SAMPLES} + {n} * {SAMPLES_PER_FRAME} +"

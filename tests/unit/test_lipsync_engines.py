@@ -4,12 +4,11 @@ Each network gets every weight from the parity kit's fill rule (`weights_rule.py
 its real published checkpoint layout and loaded through `make_engine`. The tests check the
 engine contract (shapes, purity, batched == one by one), that the model inputs are exactly the
 tensors LiveTalking / Ultralight build by hand, and how the network's crop goes back into the
-avatar's crop. Set `PARITY_DIR` to use a kit elsewhere.
+avatar's crop. `weights_rule` comes from tests/conftest.py; `PARITY_DIR` picks another kit.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -38,16 +37,6 @@ NETWORKS = ("wav2lip96", "wav2lip256", "ultralight_hubert")
 BATCH = 2  # wav2lip256 costs ~1.3 s a frame on 2 CPU cores
 FLOAT_TOL = 1e-5  # on the network's [0, 1] output
 EngineFactory = Callable[..., LipSyncEngine]
-
-
-@pytest.fixture(scope="module")
-def weights_rule(parity_dir: Path) -> ModuleType:
-    """The kit's `weights_rule.py`, imported by path (the kit is not a package)."""
-    spec = importlib.util.spec_from_file_location("parity_weights_rule", parity_dir / "weights_rule.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
