@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from deployments.avatar.models import CheckpointError
-from deployments.asr._pretrained import check_audio, check_n_frames, load_pretrained
+from deployments.asr._pretrained import check_audio, check_chunk_batch, load_pretrained
 from deployments.common.timing import AUDIO_CHUNK_SAMPLES, SAMPLE_RATE, SAMPLES_PER_FRAME
 
 HUBERT_REPO = "facebook/hubert-large-ls960-ft"  # HF repo whose folder layout ``model_dir`` must have
@@ -146,7 +146,7 @@ class HubertFeatureEngine:
         Raises:
             ValueError: Not a finite 1-D float array of an accepted length.
         """
-        return self._encode([check_audio(pcm, min_samples=RECEPTIVE_FIELD_SAMPLES, max_samples=MAX_PCM_SAMPLES, limit="25 ms to 20 s")])[0]
+        return self._encode([self._check(pcm)])[0]
 
     def frame_windows(self, pcm: np.ndarray, n_frames: int) -> np.ndarray:
         """Ultralight's HuBERT window for each of ``n_frames`` video frames.
@@ -184,24 +184,15 @@ class HubertFeatureEngine:
             ValueError: Lists of different lengths, or any request that :meth:`frame_windows`
                 would refuse.
         """
-        if len(pcms) != len(n_frames):
-            raise ValueError(f"got {len(pcms)} pcm buffers for {len(n_frames)} frame counts")
-        clips = []
-        for pcm, n in zip(pcms, n_frames, strict=True):
-            n = check_n_frames(n)
-            clip = check_audio(pcm, min_samples=RECEPTIVE_FIELD_SAMPLES, max_samples=MAX_PCM_SAMPLES, limit="25 ms to 20 s")
-            if clip.size != pcm_samples_for(n):
-                raise ValueError(
-                    f"pcm for {n} frames must hold {LEFT_CONTEXT_SAMPLES} + {n} * {SAMPLES_PER_FRAME} +"
-                    f" {RIGHT_CONTEXT_SAMPLES} = {pcm_samples_for(n)} samples (left context, frames,"
-                    f" right context), got {clip.size}"
-                )
-            clips.append(clip)
+        clips = check_chunk_batch(pcms, n_frames, samples_for=pcm_samples_for, check=self._check)
         out = []
         for states, n in zip(self._encode(clips), n_frames, strict=True):
             rows = window_rows(int(n), len(states))
             out.append(states[rows].reshape(int(n), *self.window_shape))  # fancy indexing copies
         return out
+
+    def _check(self, pcm: object) -> np.ndarray:
+        return check_audio(pcm, min_samples=RECEPTIVE_FIELD_SAMPLES, max_samples=MAX_PCM_SAMPLES, limit="25 ms to 20 s")
 
     def _encode(self, clips: list[np.ndarray]) -> list[np.ndarray]:
         """Last hidden states of validated clips: one pass, or one per length for group norm."""

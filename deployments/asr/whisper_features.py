@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deployments.asr._pretrained import check_audio, check_n_frames, load_pretrained
+from deployments.asr._pretrained import check_audio, check_chunk_batch, load_pretrained
 from deployments.common.timing import AUDIO_CHUNK_SAMPLES, SAMPLE_RATE, SAMPLES_PER_FRAME
 
 WHISPER_REPO = "openai/whisper-tiny"  # HF repo whose folder layout ``model_dir`` must have
@@ -142,7 +142,7 @@ class WhisperFeatureEngine:
         Raises:
             ValueError: Not a finite, non-empty 1-D float array of at most 30 s.
         """
-        return self._encode([check_audio(pcm, min_samples=1, max_samples=self.max_samples, limit="whisper takes at most 30 s per pass")])[0]
+        return self._encode([self._check(pcm)])[0]
 
     def frame_prompts(self, pcm: np.ndarray, n_frames: int) -> np.ndarray:
         """MuseTalk's audio prompt for each of ``n_frames`` video frames.
@@ -180,19 +180,7 @@ class WhisperFeatureEngine:
             ValueError: Lists of different lengths, or any request that :meth:`frame_prompts`
                 would refuse.
         """
-        if len(pcms) != len(n_frames):
-            raise ValueError(f"got {len(pcms)} pcm buffers for {len(n_frames)} frame counts")
-        clips = []
-        for pcm, n in zip(pcms, n_frames, strict=True):
-            n = check_n_frames(n)
-            clip = check_audio(pcm, min_samples=1, max_samples=self.max_samples, limit="whisper takes at most 30 s per pass")
-            if clip.size != pcm_samples_for(n):
-                raise ValueError(
-                    f"pcm for {n} frames must hold {LEFT_CONTEXT_SAMPLES} + {n} * {SAMPLES_PER_FRAME} +"
-                    f" {RIGHT_CONTEXT_SAMPLES} = {pcm_samples_for(n)} samples (left context, frames,"
-                    f" right context), got {clip.size}"
-                )
-            clips.append(clip)
+        clips = check_chunk_batch(pcms, n_frames, samples_for=pcm_samples_for, check=self._check)
         if not clips:
             return []
         out = []
@@ -202,6 +190,10 @@ class WhisperFeatureEngine:
         return out
 
     @torch.inference_mode()
+    def _check(self, pcm: object) -> np.ndarray:
+        return check_audio(pcm, min_samples=1, max_samples=self.max_samples,
+                           limit="whisper takes at most 30 s per pass")
+
     def _encode(self, clips: list[np.ndarray]) -> list[np.ndarray]:
         """One encoder pass over validated clips; each result trimmed to its own rows."""
         features = self.feature_extractor(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt")
