@@ -17,6 +17,7 @@ from ray.serve import Application
 
 from deployments.asr.deployment import AudioFeatures
 from deployments.avatar.deployment import AvatarRenderer
+from deployments.avatar.lipsync import MODELS, feature_kind
 from deployments.rtc.api import Api, ApiSettings
 from deployments.rtc.host import HostSettings, SessionHost
 from deployments.rtc.ice import parse_addresses
@@ -28,7 +29,10 @@ REPO_ROOT = Path(__file__).resolve().parent
 class AppArgs(HostSettings):
     """Everything `configs/serve.yaml` may set under `args`: the SessionHost settings plus these."""
 
-    model: str = "parametric"
+    checkpoint: str | None = None  # lip-sync weights (see models/README.md); None = the model's default
+    device: str = "auto"  # renderer: "auto" (CUDA if the replica has a GPU), "cpu", "cuda:0"
+    feature_model_dirs: dict[str, str] = Field(default_factory=dict)  # {"whisper": ..., "hubert": ...}
+    features_device: str = "cpu"
     tts_engine: str = "piper"
     tts_options: dict[str, Any] = Field(default_factory=dict)
     api: ApiSettings = Field(default_factory=ApiSettings)
@@ -40,12 +44,36 @@ class AppArgs(HostSettings):
     def _split(cls, value: Any) -> list[str]:
         return parse_addresses(value)
 
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        if value not in MODELS:
+            raise ValueError(f"unknown lip-sync model {value!r}: choose one of {', '.join(MODELS)}")
+        return value
+
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: str) -> str:
         # Replicas do not share the CLI's working directory: anchor relative paths at the repo.
-        path = Path(value)
-        return str(path if path.is_absolute() else REPO_ROOT / path)
+        return _anchor(value)
+
+
+def _anchor(path: str) -> str:
+    return str(Path(path) if Path(path).is_absolute() else REPO_ROOT / path)
+
+
+def _anchored(dirs: dict[str, str]) -> dict[str, str]:
+    return {kind: _anchor(path) for kind, path in dirs.items()}
+
+
+def _default_checkpoint(cfg: AppArgs) -> str | None:
+    """Wav2Lip reads models/wav2lip.pth, MuseTalk models/musetalkV15/unet.pth, as LiveTalking does;
+    Ultralight's weights live in each avatar's folder (found by the renderer)."""
+    if cfg.checkpoint is not None:
+        return _anchor(cfg.checkpoint)
+    defaults = {"wav2lip96": "models/wav2lip.pth", "wav2lip256": "models/wav2lip.pth",
+                "musetalk": "models/musetalkV15/unet.pth"}
+    return _anchor(defaults[cfg.model]) if cfg.model in defaults else None
 
 
 def build(args: dict[str, Any] | None = None) -> Application:
@@ -65,8 +93,10 @@ def bind_graph(cfg: AppArgs, *, host_replicas: int | None = None) -> Application
             f"avatar or `python -m deployments.avatar.builder --image <photo> --avatar-id {cfg.avatar_id}`"
         )
     tts = TTSService.bind(engine=cfg.tts_engine, engine_options=cfg.tts_options)
-    features = AudioFeatures.bind()
-    renderer = AvatarRenderer.bind(data_dir=cfg.data_dir, model=cfg.model)
+    features = AudioFeatures.bind(kinds=(feature_kind(cfg.model),), model_dirs=_anchored(cfg.feature_model_dirs),
+                                  device=cfg.features_device)
+    renderer = AvatarRenderer.bind(data_dir=cfg.data_dir, model=cfg.model, device=cfg.device,
+                                   checkpoint=_default_checkpoint(cfg))
     host_settings = HostSettings(**cfg.model_dump(include=set(HostSettings.model_fields)))
     host_deployment = SessionHost if host_replicas is None else SessionHost.options(num_replicas=host_replicas)
     host = host_deployment.bind(tts, features, renderer, settings=host_settings.model_dump())

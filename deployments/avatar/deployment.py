@@ -18,11 +18,11 @@ from pydantic import BaseModel, Field
 from ray import serve
 
 from deployments.avatar.assets import Avatar, load_avatar
-from deployments.avatar.parametric import MEL_STEPS, N_MELS, ParametricLipSync
+from deployments.avatar.lipsync import MODELS, LipSyncEngine, make_engine
 from deployments.avatar.types import RenderRequest, RenderResult
 from deployments.common.errors import BadRequest, NotConfigured
 
-MODELS = ("parametric",)  # the weight-free default; real models plug in here
+ULTRALIGHT_CHECKPOINT = "ultralight.pth"  # per avatar, in its folder (LiveTalking's layout)
 AVATAR_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")  # a folder name, no paths
 
 
@@ -31,12 +31,14 @@ class RendererConfig(BaseModel):
 
     max_batch_size: int = Field(8, ge=1, le=1024)
     batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=1.0)
+    fp16: bool = False  # half precision for networks on CUDA
+    gpu_memory_fraction: float | None = Field(None, gt=0.0, le=1.0)  # Ray does not cap GPU memory
 
 
 @dataclass(eq=False)
 class _Loaded:
     avatar: Avatar
-    renderer: ParametricLipSync
+    renderer: LipSyncEngine
 
 
 @dataclass(eq=False)
@@ -47,32 +49,57 @@ class _Job:
     entry: _Loaded
 
 
+def _resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=32)
 class AvatarRenderer:
     """Renders face crops of cached avatars from per-frame audio features.
 
     Args:
         data_dir: Folder holding one sub-folder per avatar id.
-        model: Lip-sync model; only "parametric" so far.
+        model: Lip-sync model, one of `deployments.avatar.lipsync.MODELS`.
+        checkpoint: The network's weights (Wav2Lip: `models/wav2lip.pth`); Ultralight reads
+            `<avatar folder>/ultralight.pth` when this is None. Ignored by "parametric".
+        device: Torch device for networks: "auto" is CUDA when this replica has a GPU.
         max_cached_avatars: How many avatars one replica keeps decoded (LRU).
     """
 
     def __init__(
-        self, data_dir: str = "data/avatars", model: str = "parametric", max_cached_avatars: int = 4
+        self, data_dir: str = "data/avatars", model: str = "parametric", checkpoint: str | None = None,
+        device: str = "auto", max_cached_avatars: int = 4,
     ) -> None:
         if model not in MODELS:
-            raise NotConfigured(f"lip-sync model {model!r} is not available (have {MODELS})")
+            raise NotConfigured(f"lip-sync model {model!r} is not available (have {', '.join(MODELS)})")
         self._data_dir = Path(data_dir)
+        self._model, self._checkpoint = model, checkpoint
+        self._device = _resolve_device(device) if model != "parametric" else "cpu"
+        self._config = RendererConfig()
         self._max_cached = max(1, max_cached_avatars)
         self._cache: OrderedDict[str, _Loaded] = OrderedDict()
         self._loading: dict[str, asyncio.Task[_Loaded]] = {}
         self._stats = {"batches": 0, "requests": 0, "frames": 0, "largest_batch": 0, "loads": 0}
+        if model != "parametric" and checkpoint is not None:
+            # Fail `serve run` now, not at the first chunk, when the weights are missing or wrong.
+            make_engine(model, face_size=256, checkpoint=checkpoint, device=self._device)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply a validated `RendererConfig` to the batcher."""
+        """Apply a validated `RendererConfig`: batching now; fp16 for avatars loaded from now on."""
         cfg = RendererConfig.model_validate(user_config or {})
         self._render_batch.set_max_batch_size(cfg.max_batch_size)
         self._render_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        if cfg.gpu_memory_fraction is not None and self._device.startswith("cuda"):
+            from deployments.avatar.lipsync import limit_gpu_memory
+
+            limit_gpu_memory(cfg.gpu_memory_fraction, self._device)
+        if cfg.fp16 != self._config.fp16:
+            self._cache.clear()  # engines are rebuilt with the new precision on next use
+        self._config = cfg
 
     async def _get(self, avatar_id: str) -> _Loaded:
         """The cached avatar, loaded off the event loop on first use (LRU eviction)."""
@@ -97,8 +124,13 @@ class AvatarRenderer:
         """Decode one avatar folder and build its renderer (runs in a worker thread)."""
         # Only the crops: full frames stay with SessionHost. AvatarNotFound (404) if unknown.
         avatar = load_avatar(self._data_dir / avatar_id, full_frames=False)
+        checkpoint = self._checkpoint
+        if checkpoint is None and self._model.startswith("ultralight"):
+            checkpoint = str(self._data_dir / avatar_id / ULTRALIGHT_CHECKPOINT)
+        engine = make_engine(self._model, face_size=avatar.face_size, mouth_box=avatar.mouth_box,
+                             checkpoint=checkpoint, device=self._device, fp16=self._config.fp16)
         self._stats["loads"] += 1
-        return _Loaded(avatar, ParametricLipSync(avatar.face_size, avatar.mouth_box))
+        return _Loaded(avatar, engine)
 
     async def render(self, req: RenderRequest) -> RenderResult:
         """Render the K crops of one session chunk (batched with other sessions' chunks)."""
@@ -106,8 +138,8 @@ class AvatarRenderer:
         n, k = entry.avatar.n_frames, len(req.frame_indices)
         if k == 0 or any(not 0 <= i < n for i in req.frame_indices):
             raise BadRequest(f"frame_indices must be 1+ indices in 0..{n - 1} for {req.avatar_id}")
-        if (shape := np.shape(req.features)) != (k, N_MELS, MEL_STEPS):
-            raise BadRequest(f"features must be ({k}, {N_MELS}, {MEL_STEPS}), got {shape}")
+        if (shape := np.shape(req.features)) != (want := (k, *entry.renderer.feature_shape)):
+            raise BadRequest(f"features for {self._model} must be {want}, got {shape}")
         return await self._render_batch(_Job(req, entry))
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)

@@ -15,6 +15,7 @@ from ray.serve.handle import DeploymentHandle
 from aiortc import RTCPeerConnection
 
 from deployments.avatar.assets import load_avatar
+from deployments.avatar.lipsync import feature_kind
 from deployments.avatar.paste import FeatheredPaster
 from deployments.avatar.types import RenderRequest, RenderResult
 from deployments.common.errors import BadRequest, Overloaded, SessionGone, SessionNotFound
@@ -34,6 +35,7 @@ class HostSettings(BaseModel):
 
     avatar_id: str = "astronaut"
     data_dir: str = "data/avatars"
+    model: str = "parametric"  # lip-sync model; decides which audio features a chunk needs
     # WebRTC host candidate addresses (env ICE_HOST_ADDRESSES wins); empty = all interfaces.
     ice_host_addresses: list[str] = Field(default_factory=list)
     ice_servers: list[str] = Field(default_factory=list)  # STUN/TURN URLs; empty = no STUN traffic
@@ -61,6 +63,7 @@ class SessionHost:
         self._tts, self._features, self._renderer = tts, features, renderer
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         self._tag = owner_tag(self._replica_id)
+        self._feature_kind = feature_kind(self.settings.model)
         self._avatar = load_avatar(Path(self.settings.data_dir) / self.settings.avatar_id)
         self._paster = FeatheredPaster(self._avatar)
         self._sessions: dict[str, Session] = {}
@@ -124,7 +127,7 @@ class SessionHost:
             paste=self._paster.paste,
             clock=clock,
             timeline=timeline,
-            features=self._mel_windows,
+            features=self._audio_features,
             render=self._render,
             speech=self._speech,
             config=ConductorConfig(chunk_frames=self.settings.chunk_frames, lead_chunks=self.settings.lead_chunks),
@@ -184,8 +187,8 @@ class SessionHost:
         async for pcm in self._tts.options(stream=True).stream.remote(text):
             yield pcm
 
-    async def _mel_windows(self, pcm: np.ndarray, n_frames: int) -> np.ndarray:
-        return await self._features.mel_windows.remote(pcm, n_frames)
+    async def _audio_features(self, pcm: np.ndarray, n_frames: int) -> np.ndarray:
+        return await self._features.features.remote(self._feature_kind, pcm, n_frames)
 
     async def _render(self, req: RenderRequest) -> RenderResult:
         return await self._renderer.render.remote(req)

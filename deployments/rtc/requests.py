@@ -71,7 +71,8 @@ async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, dict[str
 
 def session_id_of(request: Request, fields: dict[str, Any]) -> str:
     """The session id from the body, a form field, the query or the x-session-id header."""
-    for raw in (fields.get(SESSION_FIELD), request.query_params.get(SESSION_FIELD), request.headers.get(SESSION_HEADER)):
+    places = (fields.get(SESSION_FIELD), request.query_params.get(SESSION_FIELD), request.headers.get(SESSION_HEADER))
+    for raw in places:
         if raw not in (None, ""):
             return normalize_session_id(raw)
     return normalize_session_id(None)
