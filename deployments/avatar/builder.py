@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from deployments.avatar.assets import DEFAULT_MOUTH_BOX, META_FORMAT, is_complete, write_avatar
 from deployments.avatar.idle import DEFAULT_IDLE_S, FaceBox, synthesize_idle
+from deployments.avatar.lipsync import MODELS, engine_spec
 from deployments.common.timing import FPS
 
 DEFAULT_OUT_DIR = Path("data/avatars")
@@ -237,22 +238,25 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--astronaut", action="store_true", help="skimage's astronaut test image")
     parser.add_argument("--avatar-id", required=True)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT_DIR)
-    parser.add_argument("--face-size", type=int, default=DEFAULT_FACE_SIZE)
+    parser.add_argument("--face-size", type=int, default=None,
+                        help="face crop side in pixels (default: the model's own, e.g. 96 for wav2lip96)")
     parser.add_argument("--idle-seconds", type=float, default=DEFAULT_IDLE_S)
     parser.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES)
-    parser.add_argument("--model", default="parametric")
+    parser.add_argument("--model", default="parametric", choices=MODELS,
+                        help="the lip-sync model the avatar is for (LiveTalking's crop size for it)")
     parser.add_argument(
         "--mouth-box", type=float, nargs=4, metavar=("X", "Y", "W", "H"),
         default=DEFAULT_MOUTH_BOX, help="the lips' box as fractions of the face crop",
     )
     parser.add_argument("--force", action="store_true", help="rebuild a complete avatar")
     args = parser.parse_args(argv)
+    face_size = args.face_size or engine_spec(args.model).native_face_size or DEFAULT_FACE_SIZE
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         path = build_avatar(
             args.avatar_id, image=args.image, video=args.video, astronaut=args.astronaut,
             out_dir=args.out,
-            face_size=args.face_size, idle_seconds=args.idle_seconds, max_frames=args.max_frames,
+            face_size=face_size, idle_seconds=args.idle_seconds, max_frames=args.max_frames,
             model=args.model, mouth_box=tuple(args.mouth_box), force=args.force,
         )
     except NoFaceError as exc:

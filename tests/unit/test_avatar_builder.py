@@ -171,3 +171,11 @@ def test_load_errors_name_the_folder_and_the_problem(tmp_path: Path) -> None:
 
 def test_mirror_index_ping_pongs() -> None:
     assert [mirror_index(3, i) for i in range(8)] == [0, 1, 2, 2, 1, 0, 0, 1]
+
+
+@pytest.mark.parametrize(("model", "size"), [("wav2lip96", 96), ("ultralight_hubert", 168)])
+def test_cli_model_option_writes_that_models_crop_size(tmp_path: Path, model: str, size: int) -> None:
+    assert main(["--astronaut", "--avatar-id", "m", "--out", str(tmp_path), "--model", model,
+                 "--idle-seconds", "0.2"]) == 0
+    avatar = load_avatar(tmp_path / "m")
+    assert avatar.meta["model"] == model and avatar.face_crops.shape[1:] == (size, size, 3)
