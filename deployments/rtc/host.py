@@ -7,18 +7,25 @@ import logging
 from pathlib import Path
 
 import numpy as np
+from aiortc import RTCPeerConnection
 from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve import metrics
 from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
-from aiortc import RTCPeerConnection
 
+from deployments.asr.features import LEFT_CONTEXT_SAMPLES, RIGHT_CONTEXT_SAMPLES
 from deployments.avatar.assets import load_avatar
 from deployments.avatar.lipsync import feature_kind
 from deployments.avatar.paste import FeatheredPaster
 from deployments.avatar.types import RenderRequest, RenderResult
-from deployments.common.errors import BadRequest, Overloaded, SessionGone, SessionNotFound
+from deployments.common.errors import (
+    BadRequest,
+    Overloaded,
+    SessionGone,
+    SessionNotFound,
+)
+from deployments.common.timing import SAMPLES_PER_FRAME
 from deployments.rtc.conductor import Conductor, ConductorConfig
 from deployments.rtc.ice import configure_host_addresses, rtc_configuration
 from deployments.rtc.session import Session, configure_video_bitrate
@@ -67,6 +74,7 @@ class SessionHost:
         self._avatar = load_avatar(Path(self.settings.data_dir) / self.settings.avatar_id)
         self._paster = FeatheredPaster(self._avatar)
         self._sessions: dict[str, Session] = {}
+        self._warm_up_task: asyncio.Task | None = None
         self._pending = 0  # offers being negotiated count against max_sessions too
         # Prometheus metrics via Ray (ARCHITECTURE.md §8); tagged by stage, not by session, so
         # their cardinality stays fixed however many sessions come and go.
@@ -99,7 +107,22 @@ class SessionHost:
         return session
 
     # ---- session lifecycle ---------------------------------------------------------------
+    async def _warm_up(self) -> None:
+        """First calls pay for handle set-up, the avatar load in the renderer and JIT compiles:
+        pay them while the first viewer connects, not at its first sentence."""
+        silence = np.zeros(LEFT_CONTEXT_SAMPLES + SAMPLES_PER_FRAME + RIGHT_CONTEXT_SAMPLES, np.float32)
+        try:
+            await asyncio.gather(
+                self._tts.sample_rate.remote(),
+                self._renderer.avatar_info.remote(self.settings.avatar_id),
+                self._features.features.remote(self._feature_kind, silence, 1),
+            )
+        except Exception as exc:  # a real failure shows up again, with its context, when used
+            log.warning("warm-up failed: %s", exc)
+
     async def offer(self, sdp: str, sdp_type: str) -> dict:
+        if self._warm_up_task is None:
+            self._warm_up_task = asyncio.create_task(self._warm_up())
         if len(self._sessions) + self._pending >= self.settings.max_sessions:
             raise Overloaded(f"this host is full ({self.settings.max_sessions} sessions): try again later")
         self._pending += 1
