@@ -1,6 +1,6 @@
 """Per-frame costs of the CPU pipeline stages, on this machine, in one run.
 
-    .venv/bin/python bench/render_bench.py
+    PYTHONPATH=. .venv/bin/python bench/render_bench.py     # or: make bench
 
 Parametric renderer frames/s at batch 1, 4, 8 and 16 (speaking frames), mel windows per
 4-frame chunk, feathered paste-back per frame, and BGR → I420 conversion per frame.

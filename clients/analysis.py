@@ -17,25 +17,26 @@ def video_rate(rec: Recording, t_from: float, t_to: float) -> tuple[float, float
     return (t.size - 1) / (t[-1] - t[0]), float(np.diff(t).max())
 
 
+def speech_times(rec: Recording, t_from: float, t_to: float = float("inf")) -> list[float]:
+    """Arrival times of the speech audio packets (20 ms each) between two times."""
+    return [at for at, rms in zip(rec.audio_t, rec.audio_rms, strict=False)
+            if t_from <= at <= t_to and rms > SPEECH_RMS]
+
+
 def first_speech_after(rec: Recording, t: float) -> float | None:
     """Arrival time of the first speech audio packet after `t`."""
-    for at, rms in zip(rec.audio_t, rec.audio_rms):
-        if at >= t and rms > SPEECH_RMS:
-            return at
-    return None
+    times = speech_times(rec, t)
+    return times[0] if times else None
 
 
 def last_speech_after(rec: Recording, t: float) -> float | None:
     """Arrival time of the last speech audio packet after `t` (None if there is none)."""
-    last = None
-    for at, rms in zip(rec.audio_t, rec.audio_rms):
-        if at >= t and rms > SPEECH_RMS:
-            last = at
-    return last
+    times = speech_times(rec, t)
+    return times[-1] if times else None
 
 
 def speech_seconds(rec: Recording, t_from: float, t_to: float) -> float:
-    return 0.02 * sum(1 for at, rms in zip(rec.audio_t, rec.audio_rms) if t_from <= at <= t_to and rms > SPEECH_RMS)
+    return 0.02 * len(speech_times(rec, t_from, t_to))
 
 
 def _grid(times: list[float], values: list[float], t0: float, t1: float, step: float) -> np.ndarray:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs import h264, vpx
@@ -36,7 +35,6 @@ class Session:
         self.conductor = conductor
         self.clock, self.timeline = clock, timeline
         self.video, self.audio = video, audio
-        self.created = time.monotonic()
         self._task: asyncio.Task | None = None
         self.closed = asyncio.Event()
 

@@ -28,10 +28,6 @@ class MediaClock:
             self.t0 = self._now()
         return self.t0
 
-    @property
-    def started(self) -> bool:
-        return self.t0 is not None
-
     def now(self) -> float:
         return self._now()
 
