@@ -16,6 +16,7 @@ from pydantic import Field, field_validator
 from ray.serve import Application
 
 from deployments.asr.deployment import AudioFeatures
+from deployments.asr.feature_engines import DEFAULT_MODEL_DIRS
 from deployments.avatar.deployment import AvatarRenderer
 from deployments.avatar.lipsync import MODELS, feature_kind
 from deployments.rtc.api import Api, ApiSettings
@@ -93,7 +94,9 @@ def bind_graph(cfg: AppArgs, *, host_replicas: int | None = None) -> Application
             f"avatar or `python -m deployments.avatar.builder --image <photo> --avatar-id {cfg.avatar_id}`"
         )
     tts = TTSService.bind(engine=cfg.tts_engine, engine_options=cfg.tts_options)
-    features = AudioFeatures.bind(kinds=(feature_kind(cfg.model),), model_dirs=_anchored(cfg.feature_model_dirs),
+    # Relative folders (the defaults too) are anchored at the repo: replicas may run elsewhere.
+    model_dirs = _anchored({**DEFAULT_MODEL_DIRS, **cfg.feature_model_dirs})
+    features = AudioFeatures.bind(kinds=(feature_kind(cfg.model),), model_dirs=model_dirs,
                                   device=cfg.features_device)
     renderer = AvatarRenderer.bind(data_dir=cfg.data_dir, model=cfg.model, device=cfg.device,
                                    checkpoint=_default_checkpoint(cfg))

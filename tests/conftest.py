@@ -42,6 +42,67 @@ def weights_rule(parity_dir: Path) -> ModuleType:
     return module
 
 
+def rule_state_dict(weights_rule: ModuleType, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:
+    """Float32 tensors filled by the kit's rule, one per (upstream key, shape)."""
+    import torch
+
+    return {k: torch.from_numpy(weights_rule.state_dict_value(k, shape, np.float32))
+            for k, shape in shapes.items()}
+
+
+@pytest.fixture(scope="session")
+def musetalk_models(weights_rule: ModuleType, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `models/` folder in LiveTalking's MuseTalk layout, with rule-filled weights:
+    `musetalkV15/unet.pth` (bare UNet state dict, 3.4 GB), `musetalkV15/musetalk.json`, and the
+    `sd-vae-ft-mse/` diffusers folder. Written once per run (about 30 s)."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    from deployments.avatar.models.musetalk import (
+        MUSETALK_V15_UNET_CONFIG,
+        MuseTalkUNet,
+    )
+    from deployments.avatar.models.vae import SD_VAE_FT_MSE_CONFIG
+
+    root = tmp_path_factory.mktemp("models")
+    (root / "musetalkV15").mkdir()
+    with torch.device("meta"):  # names and shapes only: no memory, no random init
+        shapes = {k: tuple(v.shape) for k, v in MuseTalkUNet().checkpoint_target().state_dict().items()}
+    torch.save(rule_state_dict(weights_rule, shapes), root / "musetalkV15" / "unet.pth")
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in MUSETALK_V15_UNET_CONFIG.items()}
+    (root / "musetalkV15" / "musetalk.json").write_text(json.dumps(config))
+    vae = AutoencoderKL(**SD_VAE_FT_MSE_CONFIG)
+    vae.load_state_dict(rule_state_dict(weights_rule, {k: tuple(v.shape) for k, v in vae.state_dict().items()}))
+    vae.save_pretrained(root / "sd-vae-ft-mse")
+    return root
+
+
+@pytest.fixture(scope="session")
+def whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """whisper-tiny's encoder dims (d_model 384, 4 layers, 6 heads, 80 mel bins, 1500 positions;
+    a tiny vocabulary: the decoder is dropped), random weights, saved with a default
+    ``WhisperFeatureExtractor`` in the ``openai/whisper-tiny`` folder layout."""
+    import torch
+    from transformers import (
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+    )
+
+    torch.manual_seed(0)
+    config = WhisperConfig(
+        vocab_size=64, d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536,
+        decoder_layers=1, decoder_attention_heads=6, decoder_ffn_dim=1536, num_mel_bins=80,
+        max_source_positions=1500, max_target_positions=16, pad_token_id=0, bos_token_id=1,
+        eos_token_id=2, decoder_start_token_id=1,
+    )
+    path = tmp_path_factory.mktemp("whisper")
+    WhisperForConditionalGeneration(config).save_pretrained(path)  # openai/whisper-tiny's class
+    WhisperFeatureExtractor().save_pretrained(path)  # defaults: 80 log-mels, 30 s padding
+    return path
+
+
+
 _session_status: dict[str, int] = {}
 
 

@@ -15,12 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from deployments.asr.feature_engines import FeatureEngine, make_feature_engine
+from deployments.common.threads import set_torch_threads
 
 DEFAULT_MAX_BATCH_SIZE = 8
 # One request costs ~0.3-0.5 ms of CPU: waiting longer than a few ms only adds latency.
 DEFAULT_BATCH_WAIT_TIMEOUT_S = 0.005
 # Must be >= max_batch_size or batches can never fill (NOTES.md); configs may raise it.
 DEFAULT_MAX_ONGOING_REQUESTS = 32
+NETWORK_KINDS = ("hubert", "whisper")  # torch models; "mel" is numpy
 
 
 class AudioFeaturesConfig(BaseModel):
@@ -30,6 +32,8 @@ class AudioFeaturesConfig(BaseModel):
 
     max_batch_size: int = Field(default=DEFAULT_MAX_BATCH_SIZE, ge=1)
     batch_wait_timeout_s: float = Field(default=DEFAULT_BATCH_WAIT_TIMEOUT_S, ge=0.0)
+    # Torch threads for network kinds on the CPU; None: every core the replica may use (Ray gives 1).
+    torch_threads: int | None = Field(default=None, ge=1, le=256)
 
 
 @serve.deployment(
@@ -58,6 +62,11 @@ class AudioFeatures:
         self._batches = 0
         self._requests = 0
         self._largest_batch = 0
+        self._by_kind = dict.fromkeys(self._engines, 0)
+        self._threads_seen = 0
+        # A network on the CPU gets every core by default (docs/decisions.md); "mel" imports no torch.
+        cpu_net = any(k in NETWORK_KINDS for k in self._engines) and device.split(":")[0] == "cpu"
+        self._torch_threads = set_torch_threads() if cpu_net else None
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply ``user_config`` (see :class:`AudioFeaturesConfig`) without a restart.
@@ -68,6 +77,8 @@ class AudioFeatures:
         config = AudioFeaturesConfig.model_validate(user_config)
         self._features_batch.set_max_batch_size(config.max_batch_size)
         self._features_batch.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        if self._torch_threads is not None:
+            self._torch_threads = set_torch_threads(config.torch_threads)
 
     async def mel_windows(self, pcm: np.ndarray, n_frames: int) -> np.ndarray:
         """Return the (n_frames, 80, 16) float32 mel windows for one buffer.
@@ -110,17 +121,27 @@ class AudioFeatures:
         results: list[np.ndarray | None] = [None] * len(pcms)
         for kind in dict.fromkeys(kinds):
             members = [i for i, k in enumerate(kinds) if k == kind]
+            self._by_kind[kind] += len(members)
             # Off the event loop: networks take milliseconds to seconds; the next batch gathers.
             outs = await asyncio.to_thread(
-                self._engines[kind].batch, [pcms[i] for i in members], [n_frames[i] for i in members])
+                self._batch_in_thread, kind, [pcms[i] for i in members], [n_frames[i] for i in members])
             for i, out in zip(members, outs, strict=True):
                 results[i] = out
         return results  # type: ignore[return-value]  # every slot was filled
 
-    async def stats(self) -> dict[str, int]:
-        """Counters since start: batches run, requests served, largest batch seen."""
+    def _batch_in_thread(self, kind: str, pcms: list[np.ndarray], n_frames: list[int]) -> list[np.ndarray]:
+        """One engine call in a worker thread, with torch's threads set there for networks (threads.py)."""
+        if self._torch_threads is not None and kind in NETWORK_KINDS:
+            self._threads_seen = set_torch_threads(self._torch_threads)
+        return self._engines[kind].batch(pcms, n_frames)
+
+    async def stats(self) -> dict[str, Any]:
+        """Counters since start: batches run, requests served (in all and ``by_kind``), largest
+        batch seen, and ``torch_threads`` (what torch used in the last network call; 0: none yet)."""
         return {
             "batches": self._batches,
             "requests": self._requests,
             "largest_batch": self._largest_batch,
+            "by_kind": dict(self._by_kind),
+            "torch_threads": self._threads_seen,
         }

@@ -19,6 +19,8 @@ import numpy as np
 from deployments.asr.features import check_pcm, mel_frame_windows
 
 FEATURE_KINDS = ("mel", "hubert", "whisper")
+# Where LiveTalking keeps the feature networks (models/README.md), relative to the repo.
+DEFAULT_MODEL_DIRS = {"hubert": "models/hubert-large-ls960-ft", "whisper": "models/whisper"}
 
 
 class FeatureEngine(Protocol):
@@ -58,13 +60,13 @@ def make_feature_engine(kind: str, model_dir: str | None = None, device: str = "
     if kind == "mel":
         return MelEngine()
     if kind == "hubert":
-        from deployments.asr.hubert_features import DEFAULT_MODEL_DIR, HubertFeatureEngine
+        from deployments.asr.hubert_features import HubertFeatureEngine
 
-        hubert = HubertFeatureEngine(model_dir or DEFAULT_MODEL_DIR, device=device)
+        hubert = HubertFeatureEngine(model_dir or DEFAULT_MODEL_DIRS["hubert"], device=device)
         return _NetworkEngine(hubert, "frame_windows_batch")
     if kind == "whisper":
-        from deployments.asr.whisper_features import DEFAULT_MODEL_DIR, WhisperFeatureEngine
+        from deployments.asr.whisper_features import WhisperFeatureEngine
 
-        whisper = WhisperFeatureEngine(model_dir or DEFAULT_MODEL_DIR, device=device)
+        whisper = WhisperFeatureEngine(model_dir or DEFAULT_MODEL_DIRS["whisper"], device=device)
         return _NetworkEngine(whisper, "frame_prompts_batch")
     raise ValueError(f"unknown feature kind {kind!r}: choose one of {', '.join(FEATURE_KINDS)}")

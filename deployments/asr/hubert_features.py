@@ -33,12 +33,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deployments.avatar.models import CheckpointError
 from deployments.asr._pretrained import check_audio, check_chunk_batch, load_pretrained
-from deployments.common.timing import AUDIO_CHUNK_SAMPLES, SAMPLE_RATE, SAMPLES_PER_FRAME
+from deployments.asr.feature_engines import DEFAULT_MODEL_DIRS
+from deployments.avatar.models import CheckpointError
+from deployments.common.timing import (
+    AUDIO_CHUNK_SAMPLES,
+    SAMPLE_RATE,
+    SAMPLES_PER_FRAME,
+)
 
 HUBERT_REPO = "facebook/hubert-large-ls960-ft"  # HF repo whose folder layout ``model_dir`` must have
-DEFAULT_MODEL_DIR = "models/hubert-large-ls960-ft"  # LiveTalking's path (models/README.md)
+DEFAULT_MODEL_DIR = DEFAULT_MODEL_DIRS["hubert"]  # LiveTalking's path (models/README.md)
 
 SAMPLES_PER_ROW = 320  # 20 ms: total stride of HuBERT's conv feature encoder (5*2*2*2*2*2*2)
 RECEPTIVE_FIELD_SAMPLES = 400  # row t sees samples [320 t, 320 t + 400)
@@ -113,7 +118,10 @@ class HubertFeatureEngine:
     def __init__(self, model_dir: str | Path = DEFAULT_MODEL_DIR, *, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> None:
         """Load the feature extractor and the model (see the class docstring)."""
-        from transformers import HubertModel, Wav2Vec2FeatureExtractor  # heavy: only when used
+        from transformers import (  # heavy: only when used
+            HubertModel,
+            Wav2Vec2FeatureExtractor,
+        )
 
         self.feature_extractor, model = load_pretrained(
             model_dir, what="HuBERT", default_dir=DEFAULT_MODEL_DIR, repo=HUBERT_REPO,

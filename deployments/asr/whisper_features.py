@@ -41,10 +41,15 @@ import numpy as np
 import torch
 
 from deployments.asr._pretrained import check_audio, check_chunk_batch, load_pretrained
-from deployments.common.timing import AUDIO_CHUNK_SAMPLES, SAMPLE_RATE, SAMPLES_PER_FRAME
+from deployments.asr.feature_engines import DEFAULT_MODEL_DIRS
+from deployments.common.timing import (
+    AUDIO_CHUNK_SAMPLES,
+    SAMPLE_RATE,
+    SAMPLES_PER_FRAME,
+)
 
 WHISPER_REPO = "openai/whisper-tiny"  # HF repo whose folder layout ``model_dir`` must have
-DEFAULT_MODEL_DIR = "models/whisper"  # LiveTalking's path (models/README.md)
+DEFAULT_MODEL_DIR = DEFAULT_MODEL_DIRS["whisper"]  # LiveTalking's path (models/README.md)
 
 SAMPLES_PER_ROW = 320  # 20 ms: 10 ms mel hop x the encoder's stride-2 conv -> 50 rows per second
 ROWS_PER_FRAME = SAMPLES_PER_FRAME // SAMPLES_PER_ROW  # 2 encoder rows per 40 ms video frame
@@ -112,7 +117,10 @@ class WhisperFeatureEngine:
     def __init__(self, model_dir: str | Path = DEFAULT_MODEL_DIR, *, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> None:
         """Load the feature extractor and the encoder (see the class docstring)."""
-        from transformers import WhisperFeatureExtractor, WhisperModel  # heavy: only when used
+        from transformers import (  # heavy: only when used
+            WhisperFeatureExtractor,
+            WhisperModel,
+        )
 
         self.feature_extractor, model = load_pretrained(
             model_dir, what="whisper", default_dir=DEFAULT_MODEL_DIR, repo=WHISPER_REPO,

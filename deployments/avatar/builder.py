@@ -1,30 +1,45 @@
-"""Build an avatar folder (LiveTalking wav2lip layout + avatar.json) from an image or a video.
+"""Build an avatar folder (LiveTalking's layout for the model + avatar.json) from an image or a video.
 
     python -m deployments.avatar.builder --astronaut --avatar-id astronaut
     python -m deployments.avatar.builder --image me.jpg --avatar-id me --idle-seconds 4
     python -m deployments.avatar.builder --video me.mp4 --avatar-id me --max-frames 250
+    python -m deployments.avatar.builder --video me.mp4 --avatar-id me --model musetalk
 
 An image becomes a synthetic idle loop (`idle.py`); a video keeps its own frames. Faces are
 found with OpenCV's Haar cascade (no weights to download). Exit status 2 means no face.
+MuseTalk avatars also get VAE latents and blending masks (`musetalk_assets.py`): that step needs
+the VAE weights in `models/sd-vae-ft-mse/` (or `--vae-dir`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from deployments.avatar.assets import DEFAULT_MOUTH_BOX, META_FORMAT, is_complete, write_avatar
+from deployments.avatar.assets import (
+    DEFAULT_MOUTH_BOX,
+    META_FILE,
+    META_FORMAT,
+    MUSETALK_FACE_SIZE,
+    MUSETALK_MODEL,
+    XYXY_FROM_YYXX,
+    is_complete,
+    write_avatar,
+)
 from deployments.avatar.idle import DEFAULT_IDLE_S, FaceBox, synthesize_idle
 from deployments.avatar.lipsync import MODELS, engine_spec
+from deployments.common.errors import AvatarError
 from deployments.common.timing import FPS
 
 DEFAULT_OUT_DIR = Path("data/avatars")
@@ -36,6 +51,7 @@ PAD_BOTTOM_FRAC = 0.2
 SMOOTH_FRAMES = 5  # LiveTalking averages each box with the next 4 (unless --nosmooth)
 DETECT_MAX_SIDE_PX = 640  # Haar runs on a downscaled copy of larger frames (speed)
 MIN_FACE_FRAC = 0.08  # of the shorter image side; smaller hits are background noise
+LATENT_BATCH = 8  # crops per VAE encoder call when building MuseTalk latents
 NO_FACE_HINT = "use a frontal, well-lit face that fills at least a tenth of the picture"
 
 log = logging.getLogger(__name__)
@@ -161,6 +177,7 @@ def build_avatar(
     source: str | None = None,
     force: bool = False,
     progress: bool = True,
+    vae_dir: Path | str | None = None,
 ) -> Path:
     """Build `out_dir/avatar_id` from exactly one source.
 
@@ -176,23 +193,29 @@ def build_avatar(
         model: The lip-sync model the avatar is for (recorded in avatar.json).
         mouth_box: The lips' box (x, y, w, h) as fractions of the face crop.
         source: How avatar.json names the source (default: derived from the arguments).
-        force: Rebuild even if the folder already holds a complete avatar.
+        force: Rebuild even if the folder already holds a complete avatar for `model`.
         progress: Show tqdm progress bars.
+        vae_dir: MuseTalk only: the sd-vae-ft-mse folder (default `models/sd-vae-ft-mse`).
 
     Returns:
-        The avatar folder. If it already holds a complete avatar and not `force`, it is
-        returned untouched.
+        The avatar folder. If it already holds a complete avatar for `model` and not `force`,
+        it is returned untouched.
 
     Raises:
         NoFaceError: No face in the image or in any video frame.
         FileNotFoundError: The source cannot be read.
+        CheckpointError: MuseTalk without the VAE (the message says what to put where).
     """
     if (image is not None) + (video is not None) + astronaut != 1:
         raise ValueError("give exactly one of image=, video= and astronaut=True")
+    musetalk = model == MUSETALK_MODEL
+    if musetalk and face_size != MUSETALK_FACE_SIZE:
+        raise ValueError(f"MuseTalk avatars have {MUSETALK_FACE_SIZE} px face crops, not {face_size}")
     target = Path(out_dir) / avatar_id
-    if not force and is_complete(target):
+    if not force and is_complete(target) and _built_for(target) == model:
         log.info("avatar %s is complete: nothing to do (force=True rebuilds it)", target)
         return target
+    vae = _musetalk_vae(vae_dir) if musetalk else None  # fail before the slow steps
     if video is not None:
         source = source or f"video:{video}"
         frames, coords = _video_frames_and_boxes(Path(video), max_frames, progress)
@@ -200,7 +223,11 @@ def build_avatar(
         still, source = _read_still(image, astronaut, source)
         frames, coords = _idle_frames_and_boxes(still, source, max(1, round(idle_seconds * FPS)))
     size = (face_size, face_size)
-    crops = np.stack([cv2.resize(f[a:b, c:d], size) for f, (a, b, c, d) in zip(frames, coords)])
+    # MuseTalk encodes Lanczos-resized crops (realtime_inference.py); LiveTalking's wav2lip crops
+    # are cv2's default bilinear.
+    interp = cv2.INTER_LANCZOS4 if musetalk else cv2.INTER_LINEAR
+    crops = np.stack([cv2.resize(f[a:b, c:d], size, interpolation=interp)
+                      for f, (a, b, c, d) in zip(frames, coords)])
     meta = {
         "format": META_FORMAT,
         "avatar_id": avatar_id,
@@ -217,14 +244,54 @@ def build_avatar(
     tmp = Path(tempfile.mkdtemp(prefix=f".{avatar_id}.", dir=target.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private
     try:
+        if vae is not None:
+            _write_musetalk_extras(tmp, vae, frames, crops, coords, progress)
         bar = tqdm(frames, desc="write", unit="frame", disable=not progress)
-        write_avatar(tmp, bar, crops, coords, meta)
+        write_avatar(tmp, bar, crops, coords, meta, xyxy_coords=musetalk)
         if target.exists():
             shutil.rmtree(target)
         tmp.rename(target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _built_for(path: Path) -> str | None:
+    """The model recorded in a folder's avatar.json (None: none recorded)."""
+    try:
+        return json.loads((path / META_FILE).read_text()).get("model")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _musetalk_vae(vae_dir: Path | str | None) -> Any:
+    from deployments.avatar.models.vae import (  # torch + diffusers
+        DEFAULT_VAE_DIR,
+        load_vae,
+    )
+
+    return load_vae(vae_dir or DEFAULT_VAE_DIR)
+
+
+def _write_musetalk_extras(path: Path, vae: Any, frames: np.ndarray, crops: np.ndarray,
+                           coords: np.ndarray, progress: bool) -> None:
+    """latents.pt (VAE-encoded crops), mask/ and mask_coords.pkl, as MuseTalk's avatar prep."""
+    from deployments.avatar import musetalk_assets as mt
+    from deployments.avatar.models.vae import latents_for_unet
+
+    latents = np.concatenate([
+        latents_for_unet(vae, crops[i:i + LATENT_BATCH], seed=i)
+        for i in tqdm(range(0, len(crops), LATENT_BATCH), desc="latents", unit="batch", disable=not progress)
+    ])
+    masks, boxes = [], []
+    for frame, box in zip(frames, coords[:, XYXY_FROM_YYXX]):
+        x1, y1, x2, y2 = (int(v) for v in box)
+        full_box = mt.mask_box((x1, y1, x2, y2))
+        mask, clipped = mt.clip_mask(mt.jaw_mask((x1, y1, x2, y2), full_box), full_box,
+                                     (frame.shape[0], frame.shape[1]))
+        masks.append(mask)
+        boxes.append(clipped)
+    mt.write_musetalk_files(path, latents, masks, boxes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -249,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_MOUTH_BOX, help="the lips' box as fractions of the face crop",
     )
     parser.add_argument("--force", action="store_true", help="rebuild a complete avatar")
+    parser.add_argument("--vae-dir", type=Path, default=None,
+                        help="musetalk: the sd-vae-ft-mse folder (default models/sd-vae-ft-mse)")
     args = parser.parse_args(argv)
     face_size = args.face_size or engine_spec(args.model).native_face_size or DEFAULT_FACE_SIZE
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -258,11 +327,12 @@ def main(argv: list[str] | None = None) -> int:
             out_dir=args.out,
             face_size=face_size, idle_seconds=args.idle_seconds, max_frames=args.max_frames,
             model=args.model, mouth_box=tuple(args.mouth_box), force=args.force,
+            vae_dir=args.vae_dir,
         )
     except NoFaceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, AvatarError) as exc:  # AvatarError: no VAE for musetalk
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(path)

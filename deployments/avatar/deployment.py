@@ -14,25 +14,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from deployments.avatar.assets import Avatar, load_avatar
-from deployments.avatar.lipsync import MODELS, LipSyncEngine, make_engine
+from deployments.avatar.lipsync import MODELS, LipSyncEngine, engine_spec, make_engine
 from deployments.avatar.types import RenderRequest, RenderResult
 from deployments.common.errors import BadRequest, NotConfigured
+from deployments.common.threads import set_torch_threads
 
 ULTRALIGHT_CHECKPOINT = "ultralight.pth"  # per avatar, in its folder (LiveTalking's layout)
 AVATAR_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")  # a folder name, no paths
 
 
 class RendererConfig(BaseModel):
-    """`user_config` of the deployment, changed without a restart."""
+    """`user_config` of the deployment, changed without a restart; unknown keys are rejected."""
+
+    model_config = ConfigDict(extra="forbid")
 
     max_batch_size: int = Field(8, ge=1, le=1024)
     batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=1.0)
     fp16: bool = False  # half precision for networks on CUDA
     gpu_memory_fraction: float | None = Field(None, gt=0.0, le=1.0)  # Ray does not cap GPU memory
+    # Torch threads for a network on the CPU; None: every core the replica may use (Ray would give 1).
+    torch_threads: int | None = Field(None, ge=1, le=256)
 
 
 @dataclass(eq=False)
@@ -83,16 +88,22 @@ class AvatarRenderer:
         self._max_cached = max(1, max_cached_avatars)
         self._cache: OrderedDict[str, _Loaded] = OrderedDict()
         self._loading: dict[str, asyncio.Task[_Loaded]] = {}
-        self._stats = {"batches": 0, "requests": 0, "frames": 0, "largest_batch": 0, "loads": 0}
+        self._stats = {"batches": 0, "requests": 0, "frames": 0, "largest_batch": 0, "loads": 0,
+                       "torch_threads": 0}
+        # A network on the CPU gets every core by default (docs/decisions.md); parametric: no torch.
+        cpu_net = model != "parametric" and self._device.split(":")[0] == "cpu"
+        self._torch_threads = set_torch_threads() if cpu_net else None
         if model != "parametric" and checkpoint is not None:
             # Fail `serve run` now, not at the first chunk, when the weights are missing or wrong.
             make_engine(model, face_size=256, checkpoint=checkpoint, device=self._device)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply a validated `RendererConfig`: batching now; fp16 for avatars loaded from now on."""
+        """Apply a validated `RendererConfig`: batching, threads now; fp16 for avatars loaded from now on."""
         cfg = RendererConfig.model_validate(user_config or {})
         self._render_batch.set_max_batch_size(cfg.max_batch_size)
         self._render_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        if self._torch_threads is not None:
+            self._torch_threads = set_torch_threads(cfg.torch_threads)
         if cfg.gpu_memory_fraction is not None and self._device.startswith("cuda"):
             from deployments.avatar.lipsync import limit_gpu_memory
 
@@ -122,13 +133,15 @@ class AvatarRenderer:
 
     def _load(self, avatar_id: str) -> _Loaded:
         """Decode one avatar folder and build its renderer (runs in a worker thread)."""
-        # Only the crops: full frames stay with SessionHost. AvatarNotFound (404) if unknown.
-        avatar = load_avatar(self._data_dir / avatar_id, full_frames=False)
+        # Only the crops (or latents): full frames stay with SessionHost. AvatarNotFound (404) if unknown.
+        avatar = load_avatar(self._data_dir / avatar_id, full_frames=False,
+                             latents=engine_spec(self._model).needs_latents)
         checkpoint = self._checkpoint
         if checkpoint is None and self._model.startswith("ultralight"):
             checkpoint = str(self._data_dir / avatar_id / ULTRALIGHT_CHECKPOINT)
         engine = make_engine(self._model, face_size=avatar.face_size, mouth_box=avatar.mouth_box,
                              checkpoint=checkpoint, device=self._device, fp16=self._config.fp16)
+        engine.frame_inputs(avatar)  # an avatar the engine cannot use fails here, clearly
         self._stats["loads"] += 1
         return _Loaded(avatar, engine)
 
@@ -152,10 +165,10 @@ class AvatarRenderer:
         for members in groups.values():
             entry = jobs[members[0]].entry
             index = [i for j in members for i in jobs[j].req.frame_indices]
-            crops = entry.avatar.face_crops[index]
+            crops = entry.renderer.frame_inputs(entry.avatar)[index]
             feats = np.concatenate([np.asarray(jobs[j].req.features, np.float32) for j in members])
             # Off the event loop: cv2/numpy release the GIL and the next batch can gather.
-            out = await asyncio.to_thread(entry.renderer.render, crops, feats)
+            out = await asyncio.to_thread(self._render_in_thread, entry.renderer, crops, feats)
             start = 0
             for j in members:
                 k = len(jobs[j].req.frame_indices)
@@ -167,8 +180,15 @@ class AvatarRenderer:
         self._stats["largest_batch"] = max(self._stats["largest_batch"], len(jobs))
         return results  # type: ignore[return-value]  # every slot was filled
 
+    def _render_in_thread(self, renderer: LipSyncEngine, crops: np.ndarray, feats: np.ndarray) -> np.ndarray:
+        """`renderer.render` in a worker thread, with torch's threads set there (threads.py)."""
+        if self._torch_threads is not None:
+            self._stats["torch_threads"] = set_torch_threads(self._torch_threads)
+        return renderer.render(crops, feats)
+
     async def stats(self) -> dict[str, int]:
-        """Counters since start: batches, requests, frames, largest_batch, loads, cached."""
+        """Counters since start: batches, requests, frames, largest_batch, loads, cached, and
+        torch_threads (what torch used in the last render thread; 0 without a CPU network)."""
         return {**self._stats, "cached": len(self._cache)}
 
     async def avatar_info(self, avatar_id: str) -> dict[str, Any]:

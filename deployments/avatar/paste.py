@@ -1,4 +1,4 @@
-"""Paste rendered face crops back into full frames with a feathered mask (no rectangle seams).
+"""Paste rendered face crops back into full frames: feathered, or with MuseTalk's masks.
 
 LiveTalking pastes the resized crop as a hard rectangle. Here the crop is alpha-blended: 1 over
 the lower face, where lip-sync models change pixels, falling smoothly to 0 at the box edges and
@@ -76,3 +76,48 @@ class FeatheredPaster:
         roi = out[y1 + first : y2, x1:x2]
         roi[:] = cv2.blendLinear(resized[first:], roi, alpha, beta)
         return out
+
+
+class MaskBlendPaster:
+    """MuseTalk's paste-back (`musetalk/utils/blending.py` `get_image_blending`, as LiveTalking).
+
+    The crop is resized to the face box and put into a copy of the frame's mask box; that box is
+    then blended over the frame with the avatar's mask (255 = rendered face): the mask, not the
+    rectangle, decides which pixels change.
+
+    Args:
+        avatar: A MuseTalk avatar (`blend_masks` and `blend_boxes` loaded).
+    """
+
+    def __init__(self, avatar: Avatar) -> None:
+        if avatar.blend_masks is None or avatar.blend_boxes is None:
+            raise ValueError(f"avatar {avatar.id} has no blending masks (not a MuseTalk avatar)")
+        self._coords = [tuple(int(v) for v in box) for box in avatar.coords]
+        self._boxes = [tuple(int(v) for v in box) for box in avatar.blend_boxes]
+        self._masks = avatar.blend_masks
+        self._frame_shape = avatar.full_frames.shape[1:]
+        for i, ((y1, y2, x1, x2), (xs, ys, xe, ye)) in enumerate(zip(self._coords, self._boxes, strict=True)):
+            if not (xs <= x1 and ys <= y1 and x2 <= xe and y2 <= ye):
+                raise ValueError(f"avatar {avatar.id} frame {i}: face box (x1, y1, x2, y2) "
+                                 f"{(x1, y1, x2, y2)} is not inside its mask box {(xs, ys, xe, ye)}")
+
+    def paste(self, frame: np.ndarray, crop: np.ndarray, index: int) -> np.ndarray:
+        """See `FeatheredPaster.paste`; any square crop size (MuseTalk's is 256)."""
+        if not 0 <= index < len(self._coords):
+            raise IndexError(f"frame index {index} out of range 0..{len(self._coords) - 1}")
+        if frame.shape != self._frame_shape:
+            raise ValueError(f"frame {frame.shape} does not match the avatar's {self._frame_shape}")
+        y1, y2, x1, x2 = self._coords[index]
+        xs, ys, xe, ye = self._boxes[index]
+        out = frame.copy()
+        body = out[ys:ye, xs:xe]
+        face_large = body.copy()
+        face_large[y1 - ys : y2 - ys, x1 - xs : x2 - xs] = cv2.resize(crop, (x2 - x1, y2 - y1))
+        alpha = (self._masks[index] / 255).astype(np.float32)  # upstream: float64, then float32
+        body[:] = cv2.blendLinear(face_large, body, alpha, 1 - alpha)
+        return out
+
+
+def make_paster(avatar: Avatar) -> FeatheredPaster | MaskBlendPaster:
+    """MuseTalk's mask blending for avatars that have masks; the feathered paste otherwise."""
+    return MaskBlendPaster(avatar) if avatar.blend_masks is not None else FeatheredPaster(avatar)

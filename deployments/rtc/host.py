@@ -17,7 +17,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.asr.features import LEFT_CONTEXT_SAMPLES, RIGHT_CONTEXT_SAMPLES
 from deployments.avatar.assets import load_avatar
 from deployments.avatar.lipsync import feature_kind
-from deployments.avatar.paste import FeatheredPaster
+from deployments.avatar.paste import make_paster
 from deployments.avatar.types import RenderRequest, RenderResult
 from deployments.common.errors import (
     BadRequest,
@@ -72,7 +72,7 @@ class SessionHost:
         self._tag = owner_tag(self._replica_id)
         self._feature_kind = feature_kind(self.settings.model)
         self._avatar = load_avatar(Path(self.settings.data_dir) / self.settings.avatar_id)
-        self._paster = FeatheredPaster(self._avatar)
+        self._paster = make_paster(self._avatar)
         self._sessions: dict[str, Session] = {}
         self._warm_up_task: asyncio.Task | None = None
         self._pending = 0  # offers being negotiated count against max_sessions too

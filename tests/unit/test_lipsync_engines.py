@@ -185,8 +185,8 @@ def test_missing_checkpoint_names_the_file(name: str, tmp_path: Path) -> None:
 
 
 def test_registry_routes_features() -> None:
-    assert set(MODELS) == {"parametric", *NETWORKS}
-    assert [feature_kind(m) for m in MODELS] == ["mel", "mel", "mel", "hubert"]
+    assert set(MODELS) == {"parametric", *NETWORKS, "musetalk"}  # musetalk: test_musetalk_engine.py
+    assert [feature_kind(m) for m in MODELS] == ["mel", "mel", "mel", "hubert", "whisper"]
     with pytest.raises(ValueError, match="wav2lip256"):
         make_engine("wav2lip512", face_size=256)
 
@@ -198,6 +198,6 @@ def test_bad_batches_are_rejected(engine: EngineFactory, avatar: Avatar) -> None
         eng.render(crops, np.zeros((2, 16, 32, 32), np.float32))
     with pytest.raises(ValueError, match="mel features"):
         eng.render(crops, np.zeros((1, 80, 16), np.float32))
-    with pytest.raises(ValueError, match="crops"):
+    with pytest.raises(ValueError, match=r"frame inputs must be \(B, 256, 256, 3\) uint8"):
         eng.render(crops[:, :128, :128], np.zeros((2, 80, 16), np.float32))
     assert eng.render(crops[:0], np.zeros((0, 80, 16), np.float32)).shape == (0, 256, 256, 3)

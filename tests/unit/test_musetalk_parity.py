@@ -5,9 +5,9 @@ TMElyralab/MuseTalk 0a89dec45a0192b824e3cf4daf96c239440c5ed8 (diffusers 0.30.2
 ``UNet2DConditionModel`` with the musetalk.json config) on deterministic rule-filled weights.
 Set ``PARITY_DIR`` to use a kit elsewhere.
 
-The full-numerics test fills all 849,947,844 UNet parameters (3.4 GB in float32), writes them as
-a bare ``unet.pth`` and loads that through the real registry, so it takes tens of seconds and
-about 7 GB of memory. Tests that only need names, shapes or error paths build the network on the
+The full-numerics test loads all 849,947,844 rule-filled UNet parameters (3.4 GB in float32,
+written once as a bare ``unet.pth`` by conftest's ``musetalk_models``) through the real registry,
+so it takes tens of seconds and about 7 GB of memory. Tests that only need names, shapes or error paths build the network on the
 ``meta`` device, which allocates nothing and skips the 15 s random initialisation.
 """
 
@@ -120,17 +120,6 @@ def test_inputs_follow_the_fill_rule(weights_rule: ModuleType, arrays: dict[str,
 # --- full numerics through the real loader -----------------------------------------------------
 
 
-def write_rule_checkpoint(path: Path, weights_rule: ModuleType) -> None:
-    """Writes the rule-filled bare UNet state dict to `path` without building a real model.
-
-    Names and shapes come from the meta-device network (proven equal to upstream above); each
-    tensor wraps its numpy array without a copy, so the dict is the only 3.4 GB held.
-    """
-    shapes = {k: tuple(v.shape) for k, v in meta_model().checkpoint_target().state_dict().items()}
-    state = {k: torch.from_numpy(weights_rule.state_dict_value(k, shape, np.float32)) for k, shape in shapes.items()}
-    torch.save(state, path)
-
-
 def trace_hooks(model: MuseTalkUNet, records: list[tuple[str, tuple[int, ...], float, float]]) -> list[Any]:
     """Forward hooks recording (name, shape, mean, absmax) for UNet modules up to TRACE_DEPTH."""
     handles = []
@@ -172,14 +161,12 @@ def first_trace_divergence(records: list[tuple[str, tuple[int, ...], float, floa
 
 
 def test_rule_weights_through_load_model_match_golden(
-    tmp_path: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray], weights_rule: ModuleType,
+    musetalk_models: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray],
 ) -> None:
-    path = tmp_path / "unet.pth"
-    t0 = time.perf_counter()
-    write_rule_checkpoint(path, weights_rule)
-    gc.collect()  # the 3.4 GB dict must be gone before load_model builds and reads its own copies
+    # conftest's `musetalk_models` fills every tensor by the rule and saves the bare unet.pth.
+    gc.collect()
     t1 = time.perf_counter()
-    model = load_model("musetalk", path)
+    model = load_model("musetalk", musetalk_models / "musetalkV15" / "unet.pth")
     t2 = time.perf_counter()
     assert isinstance(model, MuseTalkUNet) and not model.training
 
@@ -191,7 +178,7 @@ def test_rule_weights_through_load_model_match_golden(
     assert out.dtype == torch.float32 and tuple(out.shape) == (2, 4, 32, 32)
     err = float(np.abs(out.numpy() - arrays["output"]).max())
     peak = peak_rss_gb()
-    timings = (f"fill+save {t1 - t0:.1f}s, load_model {t2 - t1:.1f}s, forward {t3 - t2:.1f}s, "
+    timings = (f"load_model {t2 - t1:.1f}s, forward {t3 - t2:.1f}s, "
                f"peak RSS {peak:.1f} GB, max abs error {err:.3g}")
     print(f"\nmusetalk parity: {timings}")
     if err > PARITY_TOL:

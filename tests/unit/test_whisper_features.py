@@ -1,9 +1,8 @@
 """MuseTalk whisper prompts: ``WhisperFeatureEngine`` on a random-weight whisper-tiny.
 
-No weights are downloaded: the model is built from a config with whisper-tiny's encoder dims
-(d_model 384, 4 layers, 6 heads, 80 mel bins, 1500 positions; a tiny vocabulary, since the
-decoder is dropped), saved with a default ``WhisperFeatureExtractor`` in the
-``openai/whisper-tiny`` layout, and loaded through the engine's own constructor.
+No weights are downloaded: conftest's ``whisper_dir`` builds the model from a config with
+whisper-tiny's encoder dims and saves it in the ``openai/whisper-tiny`` layout; it is loaded
+through the engine's own constructor.
 """
 
 from __future__ import annotations
@@ -31,23 +30,6 @@ pytestmark = pytest.mark.unit
 
 BATCH_TOL = 1e-5  # batched vs unbatched: the same maths, other BLAS blockings
 FRAMES = 4
-
-
-@pytest.fixture(scope="module")
-def whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
-
-    torch.manual_seed(0)
-    config = WhisperConfig(
-        vocab_size=64, d_model=384, encoder_layers=4, encoder_attention_heads=6, encoder_ffn_dim=1536,
-        decoder_layers=1, decoder_attention_heads=6, decoder_ffn_dim=1536, num_mel_bins=80,
-        max_source_positions=1500, max_target_positions=16, pad_token_id=0, bos_token_id=1,
-        eos_token_id=2, decoder_start_token_id=1,
-    )
-    path = tmp_path_factory.mktemp("whisper")
-    WhisperForConditionalGeneration(config).save_pretrained(path)  # openai/whisper-tiny's class
-    WhisperFeatureExtractor().save_pretrained(path)  # defaults: 80 log-mels, 30 s padding
-    return path
 
 
 @pytest.fixture(scope="module")

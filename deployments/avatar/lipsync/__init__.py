@@ -3,6 +3,7 @@
     parametric          weight-free mouth warp, mel windows (B, 80, 16)
     wav2lip96/256       Wav2Lip, mel windows (B, 80, 16)
     ultralight_hubert   Ultralight-Digital-Human, HuBERT windows (B, 16, 32, 32)
+    musetalk            MuseTalk v1.5 on the avatar's VAE latents, whisper prompts (B, 50, 384)
 
 The torch engines (and torch itself) are imported on first use.
 """
@@ -30,6 +31,7 @@ _LAZY = {
     "limit_gpu_memory": "_torch",
     "Wav2LipEngine": "wav2lip",
     "UltralightEngine": "ultralight",
+    "MuseTalkEngine": "musetalk",
 }
 
 __all__ = [  # the torch engines and limit_gpu_memory load on first use (__getattr__)
@@ -39,6 +41,7 @@ __all__ = [  # the torch engines and limit_gpu_memory load on first use (__getat
     "EngineSpec",
     "FeatureKind",
     "LipSyncEngine",
+    "MuseTalkEngine",
     "ParametricEngine",
     "TorchLipSyncEngine",
     "UltralightEngine",

@@ -12,6 +12,7 @@ import logging
 import threading
 import weakref
 from abc import abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -56,20 +57,23 @@ def limit_gpu_memory(fraction: float, device: str = "cuda") -> None:
         torch.cuda.set_per_process_memory_fraction(fraction, dev)
 
 
-def shared_network(model: str, checkpoint: str | Path, device: torch.device, dtype: torch.dtype
-                   ) -> nn.Module:
+def shared_network(model: str, checkpoint: str | Path, device: torch.device, dtype: torch.dtype,
+                   load: Callable[[], nn.Module] | None = None) -> nn.Module:
     """`load_model(model, checkpoint, device)` in `dtype`, or the copy another engine already holds.
+
+    Args:
+        load: Builds the network on `device` in `dtype` instead of `load_model` (e.g. a VAE).
 
     Raises:
         CheckpointError: The checkpoint is missing or does not fit `model`.
     """
     path = Path(checkpoint).resolve()
-    stat = path.stat() if path.is_file() else None  # a replaced file is loaded again
+    stat = path.stat() if path.exists() else None  # a replaced file is loaded again
     key = (model, str(path), stat and (stat.st_mtime_ns, stat.st_size), str(device), dtype)
     with _NETWORKS_LOCK:
         net = _NETWORKS.get(key)
         if net is None:
-            net = load_model(model, checkpoint, device).to(dtype)
+            net = load() if load else load_model(model, checkpoint, device).to(dtype)
             _NETWORKS[key] = net
     return net
 
@@ -131,8 +135,11 @@ class TorchLipSyncEngine(LipSyncEngine):
         return face.to(self.dtype)
 
     def audio_input(self, features: np.ndarray) -> torch.Tensor:
-        """Feature windows as a tensor on the device in the network's dtype."""
-        return torch.from_numpy(np.ascontiguousarray(features, np.float32)).to(self.device, self.dtype)
+        """A float32 array (feature windows, MuseTalk's latents) on the device in the network's dtype."""
+        arr = np.ascontiguousarray(features, np.float32)
+        if not arr.flags.writeable:  # Ray's zero-copy arguments are read-only; torch warns on them
+            arr = arr.copy()
+        return torch.from_numpy(arr).to(self.device, self.dtype)
 
     def forward(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """The network's output (B, s, s, 3), float32 in [0, 255] (upstream's `pred * 255`)."""

@@ -1,7 +1,7 @@
 """The lip-sync engine contract and the model registry.
 
-An engine turns a batch of an avatar's face crops and one audio feature window per crop into
-new crops. Engines are pure (inputs are never written) and batch-invariant: rendering B frames
+An engine turns a batch of an avatar's per-frame inputs (its face crops; MuseTalk: the crops'
+VAE latents, `frame_inputs`) and one audio feature window per frame into new face crops. Engines are pure (inputs are never written) and batch-invariant: rendering B frames
 at once gives what rendering them one by one gives. They import nothing from Ray, so every
 engine is unit-tested without Serve; `AvatarRenderer` only picks one with `make_engine`.
 
@@ -21,7 +21,7 @@ from typing import Literal
 
 import numpy as np
 
-from deployments.avatar.assets import DEFAULT_MOUTH_BOX
+from deployments.avatar.assets import DEFAULT_MOUTH_BOX, Avatar
 from deployments.avatar.parametric import MEL_STEPS, N_MELS, ParametricLipSync
 
 FeatureKind = Literal["mel", "hubert", "whisper"]
@@ -50,20 +50,30 @@ class LipSyncEngine(ABC):
         """Shape of one frame's feature window, e.g. (80, 16) for "mel"."""
         return FEATURE_SHAPES[self.feature_kind]
 
+    @property
+    def frame_input_spec(self) -> tuple[tuple[int, ...], type]:
+        """Shape and dtype of one frame's input: an (S, S, 3) uint8 BGR face crop."""
+        return (self.face_size, self.face_size, 3), np.uint8
+
+    def frame_inputs(self, avatar: Avatar) -> np.ndarray:
+        """The avatar's per-frame inputs, indexed like its frames: its face crops."""
+        return avatar.face_crops
+
     @abstractmethod
     def render(self, crops: np.ndarray, features: np.ndarray) -> np.ndarray:
-        """Render a batch; returns a new (B, S, S, 3) uint8 BGR array in input order."""
+        """Render a batch of frame inputs; returns a new (B, S, S, 3) uint8 BGR array in input order."""
 
     def check_batch(self, crops: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The inputs as (B, S, S, 3) uint8 and (B, *feature_shape) float32 arrays.
+        """The inputs as (B, *frame_input_shape) and (B, *feature_shape) float32 arrays.
 
         Raises:
             ValueError: Wrong shape or dtype, or a different batch size for crops and features.
         """
+        shape, dtype = self.frame_input_spec
         crops, features = np.asarray(crops), np.asarray(features, dtype=np.float32)
-        s = self.face_size
-        if crops.ndim != 4 or crops.shape[1:] != (s, s, 3) or crops.dtype != np.uint8:
-            raise ValueError(f"crops must be (B, {s}, {s}, 3) uint8, not {crops.dtype} {crops.shape}")
+        if crops.shape[1:] != shape or crops.dtype != dtype:
+            raise ValueError(f"frame inputs must be (B, {', '.join(map(str, shape))}) {np.dtype(dtype)}, "
+                             f"not {crops.dtype} {crops.shape}")
         if features.shape[1:] != self.feature_shape or len(features) != len(crops):
             want = (len(crops), *self.feature_shape)
             raise ValueError(f"{self.feature_kind} features must be {want}, got {features.shape}")
@@ -71,8 +81,8 @@ class LipSyncEngine(ABC):
 
     def warmup(self, batch_size: int = 1) -> None:
         """Render one dummy batch (first-call costs: allocator, kernel selection, page-in)."""
-        s = self.face_size
-        self.render(np.zeros((batch_size, s, s, 3), np.uint8),
+        shape, dtype = self.frame_input_spec
+        self.render(np.zeros((batch_size, *shape), dtype),
                     np.zeros((batch_size, *self.feature_shape), np.float32))
 
 
@@ -103,6 +113,7 @@ class EngineSpec:
     feature_kind: FeatureKind
     engine: str  # "<module in this package>:<class>"
     native_face_size: int | None  # avatars built at this size skip a resize; None: any size
+    needs_latents: bool = False  # renders from the avatar's VAE latents (MuseTalk)
 
 
 ENGINES: dict[str, EngineSpec] = {
@@ -110,6 +121,7 @@ ENGINES: dict[str, EngineSpec] = {
     "wav2lip96": EngineSpec("mel", "wav2lip:Wav2LipEngine", 96),
     "wav2lip256": EngineSpec("mel", "wav2lip:Wav2LipEngine", 256),
     "ultralight_hubert": EngineSpec("hubert", "ultralight:UltralightEngine", 168),
+    "musetalk": EngineSpec("whisper", "musetalk:MuseTalkEngine", 256, needs_latents=True),
 }
 MODELS = tuple(ENGINES)
 
