@@ -32,6 +32,7 @@ from deployments.avatar.paste import FeatheredPaster, MaskBlendPaster, make_past
 pytestmark = pytest.mark.unit
 
 N_FRAMES = 3  # idle_seconds 0.12 at 25 fps
+BATCH_TOL = 1e-5  # batched vs unbatched network output, relative to its largest value
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +205,12 @@ def test_engine_equals_livetalking_inference_batched_or_not(engine: MuseTalkEngi
         want = upstream_inference(engine, latents[i:i + 1], whisper[i:i + 1])[0]
         diff = np.abs(out[i].astype(np.int16) - want)
         assert diff.max() <= 1 and (diff == 0).mean() > 0.999
+    # Before the VAE and rounding: the UNet's latents, batched vs one by one, to 1e-5 of their scale.
+    with torch.inference_mode():
+        inputs = engine.prepare(latents, whisper)
+        both = engine.net(*inputs)
+        alone = torch.cat([engine.net(*(t[i:i + 1] for t in inputs)) for i in range(2)])
+    assert float((both - alone).abs().max()) <= BATCH_TOL * max(1.0, float(alone.abs().max()))
 
 
 def test_engine_needs_the_latents(engine: MuseTalkEngine, avatar_dir: Path, tmp_path: Path) -> None:
