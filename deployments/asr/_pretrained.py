@@ -3,33 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from numbers import Integral
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from deployments.asr.features import check_finite, check_n_frames, check_pcm_array
 from deployments.avatar.models._checkpoint import CheckpointError
 from deployments.common.timing import SAMPLES_PER_FRAME
 
 
-def check_n_frames(n_frames: object) -> int:
-    """`n_frames` as an int, or ValueError."""
-    if not isinstance(n_frames, Integral) or isinstance(n_frames, bool) or n_frames < 1:
-        raise ValueError(f"n_frames must be a positive integer, got {n_frames!r}")
-    return int(n_frames)
-
-
 def check_audio(pcm: object, *, min_samples: int, max_samples: int, limit: str) -> np.ndarray:
     """`pcm` as float32 (no copy if it already is), or ValueError saying what is wrong."""
-    if not isinstance(pcm, np.ndarray):
-        raise ValueError(f"pcm must be a numpy array, got {type(pcm).__name__}")
-    if pcm.ndim != 1 or not np.issubdtype(pcm.dtype, np.floating):
-        raise ValueError(f"pcm must be a 1-D float array of 16 kHz samples, got {pcm.dtype} {pcm.shape}")
+    pcm = check_pcm_array(pcm)
     if not max(min_samples, 1) <= pcm.size <= max_samples:
         raise ValueError(f"pcm must hold {max(min_samples, 1)} to {max_samples} samples ({limit}), got {pcm.size}")
-    if not np.isfinite(pcm).all():
-        raise ValueError("pcm contains NaN or infinite samples")
+    check_finite(pcm)
     return pcm.astype(np.float32, copy=False)
 
 

@@ -45,6 +45,30 @@ def pcm_samples_for(n_frames: int) -> int:
     return LEFT_CONTEXT_SAMPLES + n_frames * SAMPLES_PER_FRAME + RIGHT_CONTEXT_SAMPLES
 
 
+def check_n_frames(n_frames: object) -> int:
+    """`n_frames` as an int, or ValueError unless it is a positive integer."""
+    if not isinstance(n_frames, Integral) or isinstance(n_frames, bool) or n_frames < 1:
+        raise ValueError(f"n_frames must be a positive integer, got {n_frames!r}")
+    return int(n_frames)
+
+
+def check_pcm_array(pcm: object) -> np.ndarray:
+    """`pcm` itself if it is a 1-D floating numpy array, or ValueError saying what it is."""
+    if not isinstance(pcm, np.ndarray):
+        raise ValueError(f"pcm must be a numpy array, got {type(pcm).__name__}")
+    if pcm.ndim != 1 or not np.issubdtype(pcm.dtype, np.floating):
+        raise ValueError(
+            f"pcm must be a 1-D float array of 16 kHz samples, got {pcm.dtype} {pcm.shape}"
+        )
+    return pcm
+
+
+def check_finite(pcm: np.ndarray) -> None:
+    """ValueError if `pcm` holds NaN or infinite samples."""
+    if not np.isfinite(pcm).all():
+        raise ValueError("pcm contains NaN or infinite samples")
+
+
 def check_pcm(pcm: object, n_frames: object) -> None:
     """Validate a :func:`mel_frame_windows` request without computing anything.
 
@@ -56,23 +80,16 @@ def check_pcm(pcm: object, n_frames: object) -> None:
         ValueError: ``n_frames`` is not a positive integer, or ``pcm`` is not a finite 1-D
             floating array of exactly ``pcm_samples_for(n_frames)`` samples.
     """
-    if not isinstance(n_frames, Integral) or isinstance(n_frames, bool) or n_frames < 1:
-        raise ValueError(f"n_frames must be a positive integer, got {n_frames!r}")
-    if not isinstance(pcm, np.ndarray):
-        raise ValueError(f"pcm must be a numpy array, got {type(pcm).__name__}")
-    if pcm.ndim != 1 or not np.issubdtype(pcm.dtype, np.floating):
-        raise ValueError(
-            f"pcm must be a 1-D float array of 16 kHz samples, got {pcm.dtype} {pcm.shape}"
-        )
-    expected = pcm_samples_for(int(n_frames))
+    n_frames = check_n_frames(n_frames)
+    pcm = check_pcm_array(pcm)
+    expected = pcm_samples_for(n_frames)
     if pcm.shape[0] != expected:
         raise ValueError(
             f"pcm for {n_frames} frames must hold {LEFT_CONTEXT_SAMPLES} + {n_frames} *"
             f" {SAMPLES_PER_FRAME} + {RIGHT_CONTEXT_SAMPLES} = {expected} samples"
             f" (left context, frames, right context), got {pcm.shape[0]}"
         )
-    if not np.isfinite(pcm).all():
-        raise ValueError("pcm contains NaN or infinite samples")
+    check_finite(pcm)
 
 
 def stream_window_starts(n_frames: int, n_frames_mel: int) -> np.ndarray:

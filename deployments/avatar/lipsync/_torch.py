@@ -134,7 +134,7 @@ class TorchLipSyncEngine(LipSyncEngine):
         face = torch.cat(pair, dim=3).permute(0, 3, 1, 2).contiguous().float().div_(255.0)
         return face.to(self.dtype)
 
-    def audio_input(self, features: np.ndarray) -> torch.Tensor:
+    def as_input(self, features: np.ndarray) -> torch.Tensor:
         """A float32 array (feature windows, MuseTalk's latents) on the device in the network's dtype."""
         arr = np.ascontiguousarray(features, np.float32)
         if not arr.flags.writeable:  # Ray's zero-copy arguments are read-only; torch warns on them

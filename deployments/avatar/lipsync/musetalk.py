@@ -86,7 +86,7 @@ class MuseTalkEngine(TorchLipSyncEngine):
 
     def prepare(self, crops: np.ndarray, features: np.ndarray) -> tuple[torch.Tensor, ...]:
         """(latents (B, 8, 32, 32), prompts (B, 50, 384)) on the device: `MuseTalkUNet` order."""
-        return self.audio_input(crops), self.audio_input(features)
+        return self.as_input(crops), self.as_input(features)
 
     def forward(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """UNet step at t = 0, then VAE decode: (B, 256, 256, 3) BGR in [0, 255], float32."""

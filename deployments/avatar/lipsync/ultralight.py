@@ -58,7 +58,7 @@ class UltralightEngine(TorchLipSyncEngine):
         """(face (B, 6, 160, 160) = [reference, masked] / 255, audio (B, 16, 32, 32)): `forward` order."""
         inner = resize_batch(crops, CROP_SIZE)[:, INNER, INNER]
         face = self.face_input(inner, MASK_ROWS, MASK_COLS, masked_first=False)
-        return face, self.audio_input(features)
+        return face, self.as_input(features)
 
     def compose(self, crops: np.ndarray, pred: np.ndarray) -> np.ndarray:
         """The 168 crop with the network's 160 x 160 in its inner area, resized to the avatar's size."""

@@ -54,7 +54,7 @@ class Wav2LipEngine(TorchLipSyncEngine):
         s = self.model_size
         face = self.face_input(resize_batch(crops, s), slice(s // 2, None), slice(None),
                                masked_first=True)
-        return self.audio_input(features)[:, None], face
+        return self.as_input(features)[:, None], face
 
     def compose(self, crops: np.ndarray, pred: np.ndarray) -> np.ndarray:
         """The network's crops, resized to the avatar's size."""
