@@ -1,6 +1,6 @@
 """The application: `build(args)` validates typed args and binds the deployment graph.
 
-    Api ──► SessionHost (session affinity) ──► TTSService, AudioFeatures, AvatarRenderer
+    Api ──► SessionHost (session affinity) ──► TTSService, AvatarRenderer (features computed inside)
 
 Used by `serve run configs/serve.yaml` (import_path `serve_app:build`). This is the only module
 that reads environment variables.
@@ -15,14 +15,13 @@ from typing import Any
 from pydantic import Field, field_validator
 from ray.serve import Application
 
-from deployments.asr.deployment import AudioFeatures
-from deployments.asr.feature_engines import DEFAULT_MODEL_DIRS
 from deployments.avatar.deployment import AvatarRenderer
-from deployments.avatar.lipsync import MODELS, feature_kind
+from deployments.common.models import FEATURE_MODELS, lipsync_model, served_model
 from deployments.rtc.api import Api, ApiSettings
 from deployments.rtc.host import HostSettings, SessionHost
 from deployments.rtc.ice import parse_addresses
 from deployments.tts.deployment import TTSService
+from deployments.tts.engine import ENGINES as TTS_ENGINES
 
 REPO_ROOT = Path(__file__).resolve().parent
 
@@ -30,10 +29,10 @@ REPO_ROOT = Path(__file__).resolve().parent
 class AppArgs(HostSettings):
     """Everything `configs/serve.yaml` may set under `args`: the SessionHost settings plus these."""
 
+    model: str = "parametric"  # lip-sync model or LiveTalking alias (deployments/common/models.py)
     checkpoint: str | None = None  # lip-sync weights (see models/README.md); None = the model's default
-    device: str = "auto"  # renderer: "auto" (CUDA if the replica has a GPU), "cpu", "cuda:0"
+    device: str = "auto"  # renderer and its feature network: "auto" (CUDA if the replica has a GPU), "cpu", "cuda:0"
     feature_model_dirs: dict[str, str] = Field(default_factory=dict)  # {"whisper": ..., "hubert": ...}
-    features_device: str = "cpu"
     tts_engine: str = "piper"
     tts_options: dict[str, Any] = Field(default_factory=dict)
     api: ApiSettings = Field(default_factory=ApiSettings)
@@ -48,8 +47,18 @@ class AppArgs(HostSettings):
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str) -> str:
-        if value not in MODELS:
-            raise ValueError(f"unknown lip-sync model {value!r}: choose one of {', '.join(MODELS)}")
+        return served_model(value).name  # aliases become the canonical name
+
+    @field_validator("tts_engine")
+    @classmethod
+    def _known_tts(cls, value: str) -> str:
+        return TTS_ENGINES.canonical(value)  # "edgetts" (LiveTalking) becomes "edge"
+
+    @field_validator("feature_model_dirs")
+    @classmethod
+    def _known_kinds(cls, value: dict[str, str]) -> dict[str, str]:
+        for kind in value:
+            FEATURE_MODELS.get(kind)  # ValueError naming the kinds
         return value
 
     @field_validator("data_dir")
@@ -63,18 +72,19 @@ def _anchor(path: str) -> str:
     return str(Path(path) if Path(path).is_absolute() else REPO_ROOT / path)
 
 
-def _anchored(dirs: dict[str, str]) -> dict[str, str]:
-    return {kind: _anchor(path) for kind, path in dirs.items()}
-
-
 def _default_checkpoint(cfg: AppArgs) -> str | None:
-    """Wav2Lip reads models/wav2lip.pth, MuseTalk models/musetalkV15/unet.pth, as LiveTalking does;
-    Ultralight's weights live in each avatar's folder (found by the renderer)."""
-    if cfg.checkpoint is not None:
-        return _anchor(cfg.checkpoint)
-    defaults = {"wav2lip96": "models/wav2lip.pth", "wav2lip256": "models/wav2lip.pth",
-                "musetalk": "models/musetalkV15/unet.pth"}
-    return _anchor(defaults[cfg.model]) if cfg.model in defaults else None
+    """The configured weights, else the registry's default (Wav2Lip `models/wav2lip.pth`, MuseTalk
+    `models/musetalkV15/unet.pth`, as LiveTalking); None for per-avatar or no weights.
+    """
+    path = cfg.checkpoint or lipsync_model(cfg.model).checkpoint
+    return _anchor(path) if path is not None else None
+
+
+def _feature_model_dir(cfg: AppArgs) -> str | None:
+    """The folder of the model's feature network (configured or the registry's), anchored."""
+    spec = FEATURE_MODELS.get(lipsync_model(cfg.model).feature_kind)
+    path = cfg.feature_model_dirs.get(spec.kind, spec.model_dir)
+    return _anchor(path) if path is not None else None
 
 
 def build(args: dict[str, Any] | None = None) -> Application:
@@ -94,13 +104,10 @@ def bind_graph(cfg: AppArgs, *, host_replicas: int | None = None) -> Application
             f"avatar or `python -m deployments.avatar.builder --image <photo> --avatar-id {cfg.avatar_id}`"
         )
     tts = TTSService.bind(engine=cfg.tts_engine, engine_options=cfg.tts_options)
-    # Relative folders (the defaults too) are anchored at the repo: replicas may run elsewhere.
-    model_dirs = _anchored({**DEFAULT_MODEL_DIRS, **cfg.feature_model_dirs})
-    features = AudioFeatures.bind(kinds=(feature_kind(cfg.model),), model_dirs=model_dirs,
-                                  device=cfg.features_device)
+    # Relative paths (the defaults too) are anchored at the repo: replicas may run elsewhere.
     renderer = AvatarRenderer.bind(data_dir=cfg.data_dir, model=cfg.model, device=cfg.device,
-                                   checkpoint=_default_checkpoint(cfg))
+                                   checkpoint=_default_checkpoint(cfg), feature_model_dir=_feature_model_dir(cfg))
     host_settings = HostSettings(**cfg.model_dump(include=set(HostSettings.model_fields)))
     host_deployment = SessionHost if host_replicas is None else SessionHost.options(num_replicas=host_replicas)
-    host = host_deployment.bind(tts, features, renderer, settings=host_settings.model_dump())
+    host = host_deployment.bind(tts, renderer, settings=host_settings.model_dump())
     return Api.bind(host, settings=cfg.api.model_dump())

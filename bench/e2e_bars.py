@@ -1,7 +1,7 @@
 """Measure the foundation's bars against a running server, with our own aiortc viewer.
 
     ICE_HOST_ADDRESSES=127.0.0.1 make run            # in one shell (or loopback namespace)
-    .venv/bin/python bench/e2e_bars.py --trials 5     # in another, same network namespace
+    .venv/bin/python -m bench.e2e_bars --trials 5     # in another, same network namespace
 
 Prints a markdown table: video rate and gaps, /human → first speech audio, lip-sync offset,
 interrupt → silence, and the CPU and memory of the SessionHost replica (idle and over a soak).

@@ -1,7 +1,7 @@
 """Speed of the bare lip-sync networks on this CPU, their FLOPs, and what a GPU could carry.
 
-    PYTHONPATH=. .venv/bin/python bench/models_bench.py
-    PYTHONPATH=. .venv/bin/python bench/models_bench.py --models wav2lip96 ultralight_hubert --seconds 1
+    .venv/bin/python -m bench.models_bench
+    .venv/bin/python -m bench.models_bench --models wav2lip96 ultralight_hubert --seconds 1
 
 For each network (`deployments.avatar.models.build_model`, untrained weights: speed does not
 depend on their values): frames/s of `net(*inputs)` alone at batch 1, 4, 8 and 16 (MuseTalk's
@@ -45,7 +45,7 @@ class Net:
     inputs: tuple[tuple[int, ...], ...]
     batches: tuple[int, ...]
     label: str
-    notes_gflop: float | None  # ../shared/NOTES.md (upstream classes), for comparison
+    notes_gflop: float | None  # the upstream classes counted with FlopCounterMode, for comparison
 
 
 NETS: dict[str, Net] = {
@@ -66,7 +66,7 @@ class Gpu:
 
 
 GPUS = (
-    Gpu("H100", 800.0, "measured on large bf16 matmuls (../shared/NOTES.md); SXM spec sheet 989"),
+    Gpu("H100", 800.0, "measured on large bf16 matmuls by the team; SXM spec sheet 989"),
     Gpu("RTX 4090", 165.0, "Ada spec sheet: bf16/fp16 tensor with FP32 accumulate, dense (GeForce "
         "runs FP32 accumulate at half the FP16-accumulate 330); torch's bf16 GEMMs and convs "
         "accumulate in FP32"),
@@ -92,7 +92,8 @@ def flops_per_frame(model: nn.Module, net: Net) -> float:
 def seconds_per_call(model: nn.Module, inputs: tuple[torch.Tensor, ...], min_s: float,
                      min_reps: int) -> tuple[float, float]:
     """Median wall time of one forward after one warm-up call (allocator, oneDNN primitives), and
-    the kernel's share of this process's CPU time meanwhile (page faults on fresh allocations)."""
+    the kernel's share of this process's CPU time meanwhile (page faults on fresh allocations).
+    """
     with torch.inference_mode():
         model(*inputs)
         times: list[float] = []
@@ -170,7 +171,8 @@ def main() -> None:
         cells = " | ".join(f"{fps[b]:.1f}" if b in fps else "–" for b in all_batches)
         notes = f"{net.notes_gflop}" if net.notes_gflop else "–"
         print(f"| {name} | {net.label} | {params:.1f} | {gflop:.1f} | {notes} | {cells} | {best:.1f} | "
-              f"{100 * gflop * best / peak:.0f}% | {sys_share[net.batches[0]]:.0%} → {sys_share[net.batches[-1]]:.0%} | "
+              f"{100 * gflop * best / peak:.0f}% | "
+              f"{sys_share[net.batches[0]]:.0%} → {sys_share[net.batches[-1]]:.0%} | "
               f"{time.perf_counter() - t_model:.0f} |", flush=True)
         rows.append((name, gflop))
         del model

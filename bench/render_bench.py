@@ -1,6 +1,6 @@
 """Per-frame costs of the CPU pipeline stages, on this machine, in one run.
 
-    PYTHONPATH=. .venv/bin/python bench/render_bench.py     # or: make bench
+    .venv/bin/python -m bench.render_bench     # or: make bench
 
 Parametric renderer frames/s at batch 1, 4, 8 and 16 (speaking frames), mel windows per
 4-frame chunk, feathered paste-back per frame, and BGR → I420 conversion per frame.
@@ -15,11 +15,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from deployments.asr.features import mel_frame_windows, pcm_samples_for
+from deployments.asr.mel_stream import mel_frame_windows
 from deployments.avatar.assets import load_avatar
 from deployments.avatar.builder import build_avatar
 from deployments.avatar.parametric import ParametricLipSync
 from deployments.avatar.paste import FeatheredPaster
+from deployments.common.features import pcm_samples_for
 
 cv2.setNumThreads(1)  # one core: the budget a replica gets on a shared box
 
@@ -45,7 +46,7 @@ def main() -> None:
     for batch in (1, 4, 8, 16):
         crops = avatar.face_crops[np.arange(batch) % avatar.n_frames]
         feats = np.resize(feats4, (batch, 80, 16))
-        s = per_call_s(lambda: renderer.render(crops, feats), max(20, 400 // batch))
+        s = per_call_s(lambda c=crops, f=feats: renderer.render(c, f), max(20, 400 // batch))
         print(f"| parametric render (speaking) | {batch} | {s * 1000:.2f} | {batch / s:.0f} |")
     s = per_call_s(lambda: mel_frame_windows(pcm, 4), 200)
     print(f"| mel windows (4-frame chunk) | 4 | {s * 1000:.2f} | {4 / s:.0f} |")

@@ -1,27 +1,37 @@
 """Cross-session batching through the real `AvatarRenderer` deployment, on this CPU, in one run.
 
-    PYTHONPATH=. .venv/bin/python bench/serve_batching_bench.py
-    PYTHONPATH=. .venv/bin/python bench/serve_batching_bench.py --models wav2lip96 --sessions 1 4 8
-    PYTHONPATH=. .venv/bin/python bench/serve_batching_bench.py --models wav2lip96 --malloc-main-arena
+    .venv/bin/python -m bench.serve_batching_bench
+    .venv/bin/python -m bench.serve_batching_bench --models wav2lip96 --sessions 1 4 8
+    .venv/bin/python -m bench.serve_batching_bench --models wav2lip96 --malloc-main-arena
 
 Every served model (`MODELS` below: face size, frames per request, measured and warm-up seconds,
 the in-process reference's batch sizes and repeats). N concurrent "sessions" (asyncio tasks in
-this driver, one Serve handle) each send back-to-back `RenderRequest`s (random features of the
-model's shape) for a fixed time, first to the deployment with `max_batch_size: 16,
-batch_wait_timeout_s: 0.02` and then, reconfigured through `user_config` (no restart, same
-replica and cache), with `max_batch_size: 1`. Untrained weights in each model's published layout
-(speed does not depend on their values): Wav2Lip's `{"state_dict": ...}`, Ultralight's
-`ultralight.pth` inside the avatar folder, MuseTalk's bare UNet state dict at
-`models/musetalkV15/unet.pth` with a random `sd-vae-ft-mse` folder beside it. Avatars are the
-astronaut at each model's native crop. `ray.init(num_cpus=2)`; Ray is shut down at the end.
+this driver, one Serve handle) each send back-to-back `RenderRequest`s (a chunk's random 16 kHz
+PCM window, `common.features.pcm_samples_for(frames)` samples) for a fixed time, first to the
+deployment with `max_batch_size: 16, batch_wait_timeout_s: 0.02` and then, reconfigured through
+`user_config` (no restart, same replica and cache), with `max_batch_size: 1`. Untrained weights
+in each model's published layout (speed does not depend on their values): Wav2Lip's
+`{"state_dict": ...}`, Ultralight's `ultralight.pth` inside the avatar folder, MuseTalk's bare
+UNet state dict at `models/musetalkV15/unet.pth` with a random `sd-vae-ft-mse` folder beside it.
+Avatars are the astronaut at each model's native crop. `ray.init(num_cpus=2)`; Ray is shut down
+at the end.
+
+**The served numbers include the audio features.** The renderer computes the features its model
+reads inside its batch (one round trip per chunk; the `AudioFeatures` deployment is gone), so
+every Serve point is features + render: mel for parametric and Wav2Lip (well under a millisecond
+a frame), HuBERT for Ultralight and whisper for MuseTalk, from random-weight folders at the
+published sizes (`bench.features_bench.make_model_dir`: hubert-large's 24 layers, whisper-tiny's
+encoder), which cost as much as the network or more (`bench.features_bench`). Runs before
+2026-11-29 sent ready-made features and measured the render alone.
 
 MuseTalk costs seconds per frame here (UNet step + VAE decode): 1-frame requests, at most 4
 sessions, and a window that grows with the sessions so that each completes at least 3 requests.
 
 Also printed: the engine called in this process before Ray starts (`engine.render` on
-`engine.frame_inputs(avatar)`, all cores, as the replica runs it), which bounds what batching
-inside the replica can gain; MuseTalk's per-frame cost split into UNet and VAE decode; and the
-CPU the replica (user and kernel) and this driver used during each run (from /proc).
+`engine.frame_inputs(avatar)`, all cores, as the replica runs it; render only, no features),
+which bounds what batching the render inside the replica can gain; MuseTalk's per-frame cost
+split into UNet and VAE decode; and the CPU the replica (user and kernel) and this driver used
+during each run (from /proc).
 
 `--malloc-main-arena` measures every point twice, with the default replica and with one whose
 environment has `MALLOC_ARENA_MAX=1` plus the two variables that keep freed memory in the heap
@@ -48,17 +58,15 @@ import ray
 import torch
 from ray import serve
 
+from bench.features_bench import make_model_dir
 from deployments.avatar.assets import load_avatar
 from deployments.avatar.builder import build_avatar
-from deployments.avatar.deployment import ULTRALIGHT_CHECKPOINT, AvatarRenderer
-from deployments.avatar.lipsync import (
-    FEATURE_SHAPES,
-    engine_spec,
-    feature_kind,
-    make_engine,
-)
+from deployments.avatar.deployment import AvatarRenderer
+from deployments.avatar.lipsync import make_engine
 from deployments.avatar.models import build_model
 from deployments.avatar.types import RenderRequest
+from deployments.common.features import pcm_samples_for
+from deployments.common.models import lipsync_model
 
 BATCHED = {"max_batch_size": 16, "batch_wait_timeout_s": 0.02}
 UNBATCHED = {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}
@@ -102,7 +110,8 @@ class Done:
 async def run_sessions(call: Callable[[int, int], Awaitable[int]], n_sessions: int, warmup_s: float,
                        seconds: float) -> dict[str, float]:
     """N sessions, each awaiting `call(session, i)` (returns the frames served) back to back for
-    `warmup_s + seconds`; frames/s, p50 latency and fewest completions of one session in the window."""
+    `warmup_s + seconds`; frames/s, p50 latency and fewest completions of one session in the window.
+    """
     log: list[Done] = []
     t0 = time.perf_counter()
     deadline = t0 + warmup_s + seconds
@@ -221,23 +230,35 @@ def prepare(model: str, data_dir: Path) -> str:
     folder = build_avatar(avatar_id, astronaut=True, out_dir=data_dir, face_size=bench.face_size,
                           idle_seconds=0.16 if model == "musetalk" else 1.0, progress=False, **kwargs)
     if model.startswith("ultralight"):
-        torch.save(build_model(model).state_dict(), folder / ULTRALIGHT_CHECKPOINT)
+        torch.save(build_model(model).state_dict(), folder / lipsync_model(model).avatar_checkpoint)
+    feature_dir(model, data_dir)  # the feature network's folder, built now rather than at deploy time
     return avatar_id
+
+
+def feature_dir(model: str, data_dir: Path) -> str | None:
+    """The random-weight folder of the model's feature network (built once per kind); None for mel."""
+    kind = lipsync_model(model).feature_kind
+    if kind == "mel":
+        return None
+    path = data_dir / "features" / kind
+    return str(path) if path.exists() else make_model_dir(kind, data_dir / "features")
 
 
 def engine_and_inputs(model: str, data_dir: Path, avatar_id: str) -> tuple[Any, np.ndarray]:
     """The engine as the replica builds it, and the avatar's frame inputs (crops or latents)."""
-    avatar = load_avatar(data_dir / avatar_id, full_frames=False, latents=engine_spec(model).needs_latents)
+    spec = lipsync_model(model)
+    avatar = load_avatar(data_dir / avatar_id, full_frames=False, latents=spec.needs_latents)
     checkpoint = checkpoint_for(model, data_dir)
-    if checkpoint is None and model.startswith("ultralight"):
-        checkpoint = str(data_dir / avatar_id / ULTRALIGHT_CHECKPOINT)
+    if checkpoint is None and spec.avatar_checkpoint is not None:
+        checkpoint = str(data_dir / avatar_id / spec.avatar_checkpoint)
     engine = make_engine(model, face_size=avatar.face_size, mouth_box=avatar.mouth_box, checkpoint=checkpoint)
     return engine, engine.frame_inputs(avatar)
 
 
 def in_process_fps(engine: Any, inputs: np.ndarray, batch: int, reps: int) -> tuple[float, float]:
     """`engine.render` alone in this process at `batch` frames: frames/s after one warm-up call,
-    and the kernel's share of this process's CPU time meanwhile."""
+    and the kernel's share of this process's CPU time meanwhile.
+    """
     frames = inputs[np.arange(batch) % len(inputs)]
     feats = np.random.default_rng(0).standard_normal((batch, *engine.feature_shape)).astype(np.float32)
     engine.render(frames, feats)  # warm-up
@@ -272,17 +293,18 @@ def deploy(model: str, data_dir: Path, cfg: dict, main_arena: bool) -> Any:
     if main_arena:  # replaces the decorator's ray_actor_options: keep num_cpus 0
         options["ray_actor_options"] = {"num_cpus": 0, "runtime_env": {"env_vars": MALLOC_ENV}}
     app = AvatarRenderer.options(**options).bind(data_dir=str(data_dir), model=model,
-                                                 checkpoint=checkpoint_for(model, data_dir), device="cpu")
+                                                 checkpoint=checkpoint_for(model, data_dir), device="cpu",
+                                                 feature_model_dir=feature_dir(model, data_dir))
     return serve.run(app, name="bench", route_prefix=None)
 
 
-def render_call(handle: Any, avatar_id: str, n_frames: int, chunk: int, feats: list[np.ndarray]
+def render_call(handle: Any, avatar_id: str, n_frames: int, chunk: int, pcms: list[np.ndarray]
                 ) -> Callable[[int, int], Awaitable[int]]:
     """Request i of session sid: `chunk` consecutive frames, sessions apart in the idle loop."""
     async def call(sid: int, i: int) -> int:
         first = 7 * chunk * sid + i * chunk
         req = RenderRequest(avatar_id, tuple((first + j) % n_frames for j in range(chunk)),
-                            feats[(sid + i) % len(feats)])
+                            pcms[(sid + i) % len(pcms)])
         res = await handle.render.remote(req)
         assert res.crops.shape[0] == chunk
         return chunk
@@ -300,9 +322,8 @@ def serve_runs(model: str, data_dir: Path, avatar_id: str, sessions: list[int], 
     """Every (sessions, variant, batching) point of one model; one row per sessions count."""
     bench = MODELS[model]
     n_frames = load_avatar(data_dir / avatar_id, full_frames=False).n_frames
-    rng = np.random.default_rng(0)
-    shape = FEATURE_SHAPES[feature_kind(model)]
-    feats = [rng.standard_normal((bench.chunk, *shape)).astype(np.float32) for _ in range(8)]
+    rng = np.random.default_rng(0)  # random speech-level audio: the features' cost does not depend on it
+    pcms = [rng.normal(0.0, 0.1, pcm_samples_for(bench.chunk)).astype(np.float32) for _ in range(8)]
     rows = []
     for n in sessions:
         window = seconds or max(bench.seconds, bench.seconds_per_session * n)
@@ -313,7 +334,7 @@ def serve_runs(model: str, data_dir: Path, avatar_id: str, sessions: list[int], 
                 handle = deploy(model, data_dir, cfg, main_arena)  # user_config only: no restart
                 title = "ServeReplica:bench:AvatarRenderer"
                 env_ok = all(environ(replica_pid(title)).get(k) == v for k, v in MALLOC_ENV.items())
-                point = measure(handle, title, render_call(handle, avatar_id, n_frames, bench.chunk, feats),
+                point = measure(handle, title, render_call(handle, avatar_id, n_frames, bench.chunk, pcms),
                                 n, bench.warmup_s, window)
                 point["malloc_env"] = env_ok
                 row[("arena " if main_arena else "") + key] = point
@@ -357,7 +378,7 @@ def print_tables(refs: list[tuple], splits: dict[str, tuple[float, float]], rows
               f"{rate(f_large)} | {f_large / f_small:.2f}× | {k_small:.0%} → {k_large:.0%} |")
     for model, (unet, vae) in splits.items():
         print(f"\n{model} at batch 1: UNet step {unet:.2f} s + VAE decode {vae:.2f} s = {unet + vae:.2f} s a frame")
-    print("\nThrough Serve (N sessions back to back):\n")
+    print("\nThrough Serve (N sessions back to back; features + render in the replica):\n")
     print_serve_table(["model", "frames per request", "sessions", "window s"], "kernel share, unbatched → batched",
                       rows, lambda r: [r["model"], str(MODELS[r["model"]].chunk), str(r["n"]), f"{r['window_s']:.0f}"],
                       lambda u, b: f"{u['kernel_share']:.0%} → {b['kernel_share']:.0%}")
@@ -399,7 +420,7 @@ def main() -> None:
         for model in args.models:
             bench, t = MODELS[model], time.perf_counter()
             engine, inputs = engine_and_inputs(model, data_dir, avatars[model])
-            fps = [in_process_fps(engine, inputs, b, r) for b, r in zip(bench.ref_batches, bench.ref_reps)]
+            fps = [in_process_fps(engine, inputs, b, r) for b, r in zip(bench.ref_batches, bench.ref_reps, strict=True)]
             refs.append((model, torch.get_num_threads(), bench.ref_batches, *fps))
             if model == "musetalk":
                 splits[model] = musetalk_split(engine, inputs)

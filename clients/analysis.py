@@ -70,5 +70,5 @@ def lip_sync_offset(rec: Recording, t_from: float, t_to: float, max_lag_s: float
 
 def mouth_activity(rec: Recording, t_from: float, t_to: float) -> float:
     """Standard deviation of the mouth metric over a time range (motion, not level)."""
-    vals = [m for t, m in zip(rec.video_t, rec.mouth) if t_from <= t <= t_to]
+    vals = [m for t, m in zip(rec.video_t, rec.mouth, strict=True) if t_from <= t <= t_to]
     return float(np.std(vals)) if len(vals) > 1 else 0.0

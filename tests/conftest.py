@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -14,14 +13,15 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+KIT_DIR = REPO / "tests" / "parity"  # the parity kit's goldens, in the repo
 
 
 @pytest.fixture(scope="session")
 def parity_dir() -> Path:
-    """The parity kit (`../shared/parity` beside the checkout, or `PARITY_DIR`)."""
-    path = Path(os.environ.get("PARITY_DIR", REPO.parent / "shared" / "parity"))
-    if not (path / "README.md").is_file():
-        pytest.fail(f"parity kit not found at {path}: set PARITY_DIR")
+    """The parity kit's goldens, kept in the repo at `tests/parity` (see its README.md)."""
+    path = KIT_DIR
+    if not (path / "wav2lip96.npz").is_file():
+        pytest.fail(f"parity goldens missing from {path}")
     return path
 
 
@@ -33,13 +33,11 @@ def kit(parity_dir: Path) -> tuple[Any, dict[str, Any]]:
 
 
 @pytest.fixture(scope="session")
-def weights_rule(parity_dir: Path) -> ModuleType:
-    """The kit's `weights_rule.py`, imported by path (the kit is not a package)."""
-    spec = importlib.util.spec_from_file_location("parity_weights_rule", parity_dir / "weights_rule.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def weights_rule() -> ModuleType:
+    """The kit's deterministic fill rule, re-implemented in `tests/parity/fill_rule.py`."""
+    from tests.parity import fill_rule
+
+    return fill_rule
 
 
 def rule_state_dict(weights_rule: ModuleType, shapes: dict[str, tuple[int, ...]]) -> dict[str, Any]:

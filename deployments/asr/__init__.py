@@ -1,38 +1,14 @@
-"""Audio features for lip sync: Wav2Lip mel spectrogram and LiveTalking per-frame windows.
+"""Audio features for lip sync: the Wav2Lip mel front-end and the per-frame feature extractors.
 
-The engines (``mel``, ``features``) import nothing from Ray; ``AudioFeatures`` (the Serve
-deployment) is loaded lazily so that importing this package does not import Ray.
+Nothing here imports Ray, and nothing imports torch until a network kind is built
+(`make_feature_engine("hubert" | "whisper")`). The contract (kinds, shapes, the PCM window) is
+`deployments.common.features`; the registry of extractors is `deployments.common.models`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-from deployments.asr.features import (
-    LEFT_CONTEXT_SAMPLES,
-    RIGHT_CONTEXT_SAMPLES,
-    StreamingMelASR,
-    mel_frame_windows,
-)
+from deployments.asr.feature_engines import MelEngine, make_feature_engine
 from deployments.asr.mel import melspectrogram
+from deployments.asr.mel_stream import StreamingMelASR, mel_frame_windows
 
-if TYPE_CHECKING:
-    from deployments.asr.deployment import AudioFeatures
-
-__all__ = [
-    "LEFT_CONTEXT_SAMPLES",
-    "RIGHT_CONTEXT_SAMPLES",
-    "AudioFeatures",
-    "StreamingMelASR",
-    "mel_frame_windows",
-    "melspectrogram",
-]
-
-
-def __getattr__(name: str) -> Any:
-    """Import the Serve deployment on first use only (it pulls in Ray)."""
-    if name == "AudioFeatures":
-        from deployments.asr.deployment import AudioFeatures
-
-        return AudioFeatures
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["MelEngine", "StreamingMelASR", "make_feature_engine", "mel_frame_windows", "melspectrogram"]

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from deployments.asr.features import check_finite, check_n_frames, check_pcm_array
-from deployments.avatar.models._checkpoint import CheckpointError
-from deployments.common.timing import SAMPLES_PER_FRAME
+from deployments.common.errors import CheckpointError
+from deployments.common.features import check_finite, check_pcm_array
 
 
 def check_audio(pcm: object, *, min_samples: int, max_samples: int, limit: str) -> np.ndarray:
@@ -38,19 +36,3 @@ def load_pretrained(model_dir: str | Path, *, what: str, default_dir: str, repo:
                 model_cls.from_pretrained(path, local_files_only=True))
     except Exception as exc:  # transformers raises OSError, ValueError, ... for a bad folder
         raise CheckpointError(f"cannot load {what} from {path} (expected {expected}): {exc}") from exc
-
-
-def check_chunk_batch(pcms: Sequence[np.ndarray], n_frames: Sequence[int], *,
-                      samples_for: Callable[[int], int], check: Callable[[np.ndarray], np.ndarray]) -> list[np.ndarray]:
-    """Validate a batch of (left context + frames + right context) buffers; float32 clips out."""
-    if len(pcms) != len(n_frames):
-        raise ValueError(f"got {len(pcms)} pcm buffers for {len(n_frames)} frame counts")
-    clips = []
-    for pcm, n in zip(pcms, n_frames, strict=True):
-        n = check_n_frames(n)
-        clip = check(pcm)
-        if clip.size != samples_for(n):
-            raise ValueError(f"pcm for {n} frames must hold {samples_for(n)} samples (left context, "
-                             f"{n} * {SAMPLES_PER_FRAME}, right context), got {clip.size}")
-        clips.append(clip)
-    return clips

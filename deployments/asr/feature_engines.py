@@ -1,72 +1,46 @@
-"""One interface over the per-frame feature extractors, selected by the lip-sync model's kind.
+"""The per-frame feature extractors behind one contract (`common.features.FeatureEngine`).
 
-    mel      Wav2Lip mel windows (80, 16)          parametric, wav2lip96, wav2lip256
-    hubert   Ultralight HuBERT windows (16, 32, 32) ultralight_hubert
-    whisper  MuseTalk audio prompts (50, 384)       musetalk
+    engine = make_feature_engine("hubert", device="cuda")     # registry: common.models.FEATURE_MODELS
+    windows = engine.batch(pcms, n_frames)                    # one (n, *FEATURE_SHAPES[kind]) per buffer
 
-All take LEFT_CONTEXT_SAMPLES + n_frames * 640 + RIGHT_CONTEXT_SAMPLES of 16 kHz audio
-(200 ms each side, LiveTalking's l = r = 10 chunks): the right context is look-ahead, and so
-latency, every model pays.
+`mel` is numpy (no weights); `hubert` and `whisper` load a local pretrained folder (torch and
+transformers are imported only then).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
 import numpy as np
 
-from deployments.asr.features import check_pcm, mel_frame_windows
-
-FEATURE_KINDS = ("mel", "hubert", "whisper")
-# Where LiveTalking keeps the feature networks (models/README.md), relative to the repo.
-DEFAULT_MODEL_DIRS = {"hubert": "models/hubert-large-ls960-ft", "whisper": "models/whisper"}
-
-
-class FeatureEngine(Protocol):
-    """What AudioFeatures needs of an extractor."""
-
-    def check(self, pcm: np.ndarray, n_frames: int) -> None: ...
-
-    def batch(self, pcms: Sequence[np.ndarray], n_frames: Sequence[int]) -> list[np.ndarray]: ...
+from deployments.asr.mel_stream import mel_frame_windows
+from deployments.common.features import FeatureEngine, FeatureKind
+from deployments.common.models import FEATURE_MODELS
+from deployments.common.registry import import_path
 
 
 class MelEngine:
-    """Wav2Lip mel windows; numpy, no weights."""
+    """Wav2Lip mel windows; numpy, no weights (~0.1 ms a frame)."""
 
-    def check(self, pcm: np.ndarray, n_frames: int) -> None:
-        check_pcm(pcm, n_frames)
+    kind: FeatureKind = "mel"
 
     def batch(self, pcms: Sequence[np.ndarray], n_frames: Sequence[int]) -> list[np.ndarray]:
+        """One (n, 80, 16) float32 array per buffer (each validated by `mel_frame_windows`)."""
+        if len(pcms) != len(n_frames):
+            raise ValueError(f"got {len(pcms)} pcm buffers for {len(n_frames)} frame counts")
         # A numpy batch over equal lengths measured slower than this loop (cache-bound STFT).
         return [mel_frame_windows(pcm, n) for pcm, n in zip(pcms, n_frames, strict=True)]
 
 
-class _NetworkEngine:
-    """Adapts a transformers-based engine: one forward pass per batch."""
-
-    def __init__(self, engine: object, batch_method: str) -> None:
-        self._batch = getattr(engine, batch_method)
-
-    def check(self, pcm: np.ndarray, n_frames: int) -> None:
-        check_pcm(pcm, n_frames)  # same buffer layout as mel; the engine re-checks in batch()
-
-    def batch(self, pcms: Sequence[np.ndarray], n_frames: Sequence[int]) -> list[np.ndarray]:
-        return self._batch(pcms, n_frames)
-
-
 def make_feature_engine(kind: str, model_dir: str | None = None, device: str = "cpu") -> FeatureEngine:
-    """The extractor for `kind`; network kinds load their local model folder (or fail clearly)."""
-    if kind == "mel":
-        return MelEngine()
-    if kind == "hubert":
-        from deployments.asr.hubert_features import HubertFeatureEngine
+    """The extractor of `kind`; a network kind loads `model_dir` (default: the registry's folder).
 
-        hubert = HubertFeatureEngine(model_dir or DEFAULT_MODEL_DIRS["hubert"], device=device)
-        return _NetworkEngine(hubert, "frame_windows_batch")
-    if kind == "whisper":
-        from deployments.asr.whisper_features import WhisperFeatureEngine
-
-        whisper = WhisperFeatureEngine(model_dir or DEFAULT_MODEL_DIRS["whisper"], device=device)
-        return _NetworkEngine(whisper, "frame_prompts_batch")
-    raise ValueError(f"unknown feature kind {kind!r}: choose one of {', '.join(FEATURE_KINDS)}")
+    Raises:
+        ValueError: Unknown kind.
+        CheckpointError: A network's folder is missing or does not load.
+    """
+    spec = FEATURE_MODELS.get(kind)
+    cls = import_path(spec.engine)
+    if spec.model_dir is None:
+        return cls()  # type: ignore[no-any-return]
+    return cls(model_dir or spec.model_dir, device=device)  # type: ignore[no-any-return]

@@ -33,17 +33,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deployments.asr._pretrained import check_audio, check_chunk_batch, load_pretrained
-from deployments.asr.feature_engines import DEFAULT_MODEL_DIRS
-from deployments.avatar.models import CheckpointError
-from deployments.common.timing import (
-    AUDIO_CHUNK_SAMPLES,
-    SAMPLE_RATE,
-    SAMPLES_PER_FRAME,
-)
+from deployments.asr._pretrained import check_audio, load_pretrained
+from deployments.common.errors import CheckpointError
+from deployments.common.features import LEFT_CONTEXT_SAMPLES, FeatureKind, check_pcm_batch
+from deployments.common.models import FEATURE_MODELS
+from deployments.common.timing import SAMPLE_RATE, SAMPLES_PER_FRAME
 
-HUBERT_REPO = "facebook/hubert-large-ls960-ft"  # HF repo whose folder layout ``model_dir`` must have
-DEFAULT_MODEL_DIR = DEFAULT_MODEL_DIRS["hubert"]  # LiveTalking's path (models/README.md)
+HUBERT_REPO = FEATURE_MODELS.get("hubert").repo  # HF repo whose folder layout ``model_dir`` must have
+DEFAULT_MODEL_DIR = FEATURE_MODELS.get("hubert").model_dir  # LiveTalking's path (models/README.md)
 
 SAMPLES_PER_ROW = 320  # 20 ms: total stride of HuBERT's conv feature encoder (5*2*2*2*2*2*2)
 RECEPTIVE_FIELD_SAMPLES = 400  # row t sees samples [320 t, 320 t + 400)
@@ -54,10 +51,6 @@ ROWS_PER_WINDOW = ROWS_PER_FRAME * (WINDOW_FRAMES_LEFT + WINDOW_FRAMES_RIGHT)  #
 WINDOW_COLUMNS = 32  # the renderer's reshape: 1024 values -> 32 x 32
 MAX_PCM_SAMPLES = 320_000 - 1  # 20 s: upstream splits longer input into clips; we refuse it
 
-LEFT_CONTEXT_CHUNKS = 10  # LiveTalking ``l``: 200 ms of past audio before the first frame
-RIGHT_CONTEXT_CHUNKS = 10  # LiveTalking ``r``: 200 ms of look-ahead, paid as latency
-LEFT_CONTEXT_SAMPLES = LEFT_CONTEXT_CHUNKS * AUDIO_CHUNK_SAMPLES  # 3200
-RIGHT_CONTEXT_SAMPLES = RIGHT_CONTEXT_CHUNKS * AUDIO_CHUNK_SAMPLES  # 3200
 LEFT_CONTEXT_ROWS = LEFT_CONTEXT_SAMPLES // SAMPLES_PER_ROW  # 10: row where frame 0's audio starts
 # The window alone needs 3 frames (120 ms) after the last frame plus the conv's 80-sample
 # overhang; the rest of the 200 ms is the context upstream gives the bidirectional encoder.
@@ -68,11 +61,6 @@ MIN_RIGHT_CONTEXT_SAMPLES = (WINDOW_FRAMES_RIGHT - 1) * SAMPLES_PER_FRAME + (
 def n_rows_for(n_samples: int) -> int:
     """HuBERT rows for ``n_samples``: ``(n - 80) // 320``, upstream's ``expected_T``."""
     return max(0, (n_samples - (RECEPTIVE_FIELD_SAMPLES - SAMPLES_PER_ROW)) // SAMPLES_PER_ROW)
-
-
-def pcm_samples_for(n_frames: int) -> int:
-    """Samples :meth:`HubertFeatureEngine.frame_windows` needs for ``n_frames`` frames."""
-    return LEFT_CONTEXT_SAMPLES + n_frames * SAMPLES_PER_FRAME + RIGHT_CONTEXT_SAMPLES
 
 
 def window_rows(n_frames: int, n_rows: int, *, first_row: int = LEFT_CONTEXT_ROWS) -> np.ndarray:
@@ -114,6 +102,8 @@ class HubertFeatureEngine:
         CheckpointError: The folder is missing or does not hold a loadable HuBERT model, or
             its hidden size is not a multiple of 32.
     """
+
+    kind: FeatureKind = "hubert"
 
     def __init__(self, model_dir: str | Path = DEFAULT_MODEL_DIR, *, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> None:
@@ -170,7 +160,7 @@ class HubertFeatureEngine:
             ``window_rows(n_frames, ...)[i, j]`` of :meth:`encode`.
 
         Raises:
-            ValueError: A bad ``n_frames``, or ``pcm`` not of ``pcm_samples_for(n_frames)``
+            ValueError: A bad ``n_frames``, or ``pcm`` not of ``common.features.pcm_samples_for(n_frames)``
                 finite float samples.
         """
         return self.frame_windows_batch([pcm], [n_frames])[0]
@@ -192,12 +182,14 @@ class HubertFeatureEngine:
             ValueError: Lists of different lengths, or any request that :meth:`frame_windows`
                 would refuse.
         """
-        clips = check_chunk_batch(pcms, n_frames, samples_for=pcm_samples_for, check=self._check)
+        clips = [self._check(c) for c in check_pcm_batch(pcms, n_frames)]
         out = []
         for states, n in zip(self._encode(clips), n_frames, strict=True):
             rows = window_rows(int(n), len(states))
             out.append(states[rows].reshape(int(n), *self.window_shape))  # fancy indexing copies
         return out
+
+    batch = frame_windows_batch  # the `FeatureEngine` contract
 
     def _check(self, pcm: object) -> np.ndarray:
         return check_audio(pcm, min_samples=RECEPTIVE_FIELD_SAMPLES, max_samples=MAX_PCM_SAMPLES, limit="25 ms to 20 s")

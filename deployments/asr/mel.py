@@ -1,7 +1,7 @@
 """Wav2Lip's ``audio.melspectrogram`` in numpy, plus its per-video-frame window slicing.
 
 Re-implements Rudrabha/Wav2Lip ``audio.py`` + ``hparams.py`` (see the parity kit,
-``shared/parity/README.md`` §4.5) without librosa: pre-emphasis, STFT (periodic Hann,
+``tests/parity/README.md``) without librosa: pre-emphasis, STFT (periodic Hann,
 ``center=True``), Slaney mel filterbank, dB conversion and symmetric [-4, 4] normalisation.
 Everything is computed in float64, as upstream does, and returned as float32.
 

@@ -40,16 +40,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deployments.asr._pretrained import check_audio, check_chunk_batch, load_pretrained
-from deployments.asr.feature_engines import DEFAULT_MODEL_DIRS
-from deployments.common.timing import (
-    AUDIO_CHUNK_SAMPLES,
-    SAMPLE_RATE,
-    SAMPLES_PER_FRAME,
-)
+from deployments.asr._pretrained import check_audio, load_pretrained
+from deployments.common.features import LEFT_CONTEXT_SAMPLES, FeatureKind, check_pcm_batch
+from deployments.common.models import FEATURE_MODELS
+from deployments.common.timing import SAMPLE_RATE, SAMPLES_PER_FRAME
 
-WHISPER_REPO = "openai/whisper-tiny"  # HF repo whose folder layout ``model_dir`` must have
-DEFAULT_MODEL_DIR = DEFAULT_MODEL_DIRS["whisper"]  # LiveTalking's path (models/README.md)
+WHISPER_REPO = FEATURE_MODELS.get("whisper").repo  # HF repo whose folder layout ``model_dir`` must have
+DEFAULT_MODEL_DIR = FEATURE_MODELS.get("whisper").model_dir  # LiveTalking's path (models/README.md)
 
 SAMPLES_PER_ROW = 320  # 20 ms: 10 ms mel hop x the encoder's stride-2 conv -> 50 rows per second
 ROWS_PER_FRAME = SAMPLES_PER_FRAME // SAMPLES_PER_ROW  # 2 encoder rows per 40 ms video frame
@@ -57,10 +54,6 @@ PAD_FRAMES_LEFT = 2  # MuseTalk ``audio_padding_length_left``: video frames of p
 PAD_FRAMES_RIGHT = 2  # ``audio_padding_length_right``: video frames of future audio
 ROWS_PER_PROMPT = ROWS_PER_FRAME * (PAD_FRAMES_LEFT + 1 + PAD_FRAMES_RIGHT)  # 10
 
-LEFT_CONTEXT_CHUNKS = 10  # LiveTalking ``l``: 200 ms of past audio before the first frame
-RIGHT_CONTEXT_CHUNKS = 10  # LiveTalking ``r``: 200 ms of look-ahead, paid as latency
-LEFT_CONTEXT_SAMPLES = LEFT_CONTEXT_CHUNKS * AUDIO_CHUNK_SAMPLES  # 3200
-RIGHT_CONTEXT_SAMPLES = RIGHT_CONTEXT_CHUNKS * AUDIO_CHUNK_SAMPLES  # 3200
 LEFT_CONTEXT_ROWS = LEFT_CONTEXT_SAMPLES // SAMPLES_PER_ROW  # 10: row where frame 0's audio starts
 # The window alone needs 80 ms after the last frame (2 video frames); the rest of the 200 ms is
 # what upstream gives the bidirectional encoder, so the last frames see the same context.
@@ -70,11 +63,6 @@ MIN_RIGHT_CONTEXT_SAMPLES = PAD_FRAMES_RIGHT * SAMPLES_PER_FRAME  # 1280
 def n_rows_for(n_samples: int) -> int:
     """Encoder rows that belong to ``n_samples`` of audio: one per started 20 ms."""
     return -(-n_samples // SAMPLES_PER_ROW)
-
-
-def pcm_samples_for(n_frames: int) -> int:
-    """Samples :meth:`WhisperFeatureEngine.frame_prompts` needs for ``n_frames`` frames."""
-    return LEFT_CONTEXT_SAMPLES + n_frames * SAMPLES_PER_FRAME + RIGHT_CONTEXT_SAMPLES
 
 
 def prompt_rows(n_frames: int, n_rows: int, *, first_row: int = LEFT_CONTEXT_ROWS) -> np.ndarray:
@@ -113,6 +101,8 @@ class WhisperFeatureEngine:
     Raises:
         CheckpointError: The folder is missing or does not hold a loadable whisper model.
     """
+
+    kind: FeatureKind = "whisper"
 
     def __init__(self, model_dir: str | Path = DEFAULT_MODEL_DIR, *, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32) -> None:
@@ -166,7 +156,7 @@ class WhisperFeatureEngine:
             ``prompt_rows(n_frames, ...)[i, j]``.
 
         Raises:
-            ValueError: A bad ``n_frames``, or ``pcm`` not of ``pcm_samples_for(n_frames)``
+            ValueError: A bad ``n_frames``, or ``pcm`` not of ``common.features.pcm_samples_for(n_frames)``
                 finite float samples.
         """
         return self.frame_prompts_batch([pcm], [n_frames])[0]
@@ -188,7 +178,7 @@ class WhisperFeatureEngine:
             ValueError: Lists of different lengths, or any request that :meth:`frame_prompts`
                 would refuse.
         """
-        clips = check_chunk_batch(pcms, n_frames, samples_for=pcm_samples_for, check=self._check)
+        clips = [self._check(c) for c in check_pcm_batch(pcms, n_frames)]
         if not clips:
             return []
         out = []
@@ -197,11 +187,13 @@ class WhisperFeatureEngine:
             out.append(states[rows].reshape(int(n), *self.prompt_shape))  # fancy indexing copies
         return out
 
-    @torch.inference_mode()
+    batch = frame_prompts_batch  # the `FeatureEngine` contract
+
     def _check(self, pcm: object) -> np.ndarray:
         return check_audio(pcm, min_samples=1, max_samples=self.max_samples,
                            limit="whisper takes at most 30 s per pass")
 
+    @torch.inference_mode()
     def _encode(self, clips: list[np.ndarray]) -> list[np.ndarray]:
         """One encoder pass over validated clips; each result trimmed to its own rows."""
         features = self.feature_extractor(clips, sampling_rate=SAMPLE_RATE, return_tensors="pt")

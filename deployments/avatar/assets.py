@@ -139,7 +139,11 @@ def write_avatar(
     """Write the layout into `path` (which must exist); `avatar.json` last, marking completion.
 
     Args:
+        path: The avatar's folder.
+        full_frames: (H, W, 3) uint8 BGR frames, written to `full_imgs/`.
+        face_crops: (N, S, S, 3) uint8 BGR crops, written to `face_imgs/`.
         coords: (N, 4) boxes (y1, y2, x1, x2).
+        meta: The `avatar.json` content.
         xyxy_coords: Store them as MuseTalk's (x1, y1, x2, y2) instead.
     """
     (path / FULL_DIR).mkdir()
@@ -266,7 +270,7 @@ def load_avatar(path: Path | str, *, full_frames: bool = True, latents: bool = F
     coords = _read_coords(path, n, frame_hw, xyxy=musetalk)
     if derive_crops:
         faces = np.stack([cv2.resize(f[y1:y2, x1:x2], (MUSETALK_FACE_SIZE,) * 2, interpolation=cv2.INTER_LANCZOS4)
-                          for f, (y1, y2, x1, x2) in zip(full, coords)])
+                          for f, (y1, y2, x1, x2) in zip(full, coords, strict=True)])
         full = full if full_frames else full[:1]
     else:
         faces = _read_stack(face_files, FACE_DIR, path)

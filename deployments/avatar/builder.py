@@ -32,14 +32,13 @@ from deployments.avatar.assets import (
     META_FILE,
     META_FORMAT,
     MUSETALK_FACE_SIZE,
-    MUSETALK_MODEL,
     XYXY_FROM_YYXX,
     is_complete,
     write_avatar,
 )
 from deployments.avatar.idle import DEFAULT_IDLE_S, FaceBox, synthesize_idle
-from deployments.avatar.lipsync import MODELS, engine_spec
 from deployments.common.errors import AvatarError
+from deployments.common.models import LIPSYNC_MODELS, lipsync_model
 from deployments.common.timing import FPS
 
 DEFAULT_OUT_DIR = Path("data/avatars")
@@ -208,7 +207,8 @@ def build_avatar(
     """
     if (image is not None) + (video is not None) + astronaut != 1:
         raise ValueError("give exactly one of image=, video= and astronaut=True")
-    musetalk = model == MUSETALK_MODEL
+    model = lipsync_model(model).name  # LiveTalking's aliases too
+    musetalk = lipsync_model(model).needs_latents  # MuseTalk's layout: VAE latents and masks
     if musetalk and face_size != MUSETALK_FACE_SIZE:
         raise ValueError(f"MuseTalk avatars have {MUSETALK_FACE_SIZE} px face crops, not {face_size}")
     target = Path(out_dir) / avatar_id
@@ -227,7 +227,7 @@ def build_avatar(
     # are cv2's default bilinear.
     interp = cv2.INTER_LANCZOS4 if musetalk else cv2.INTER_LINEAR
     crops = np.stack([cv2.resize(f[a:b, c:d], size, interpolation=interp)
-                      for f, (a, b, c, d) in zip(frames, coords)])
+                      for f, (a, b, c, d) in zip(frames, coords, strict=True)])
     meta = {
         "format": META_FORMAT,
         "avatar_id": avatar_id,
@@ -284,7 +284,7 @@ def _write_musetalk_extras(path: Path, vae: Any, frames: np.ndarray, crops: np.n
         for i in tqdm(range(0, len(crops), LATENT_BATCH), desc="latents", unit="batch", disable=not progress)
     ])
     masks, boxes = [], []
-    for frame, box in zip(frames, coords[:, XYXY_FROM_YYXX]):
+    for frame, box in zip(frames, coords[:, XYXY_FROM_YYXX], strict=True):
         x1, y1, x2, y2 = (int(v) for v in box)
         full_box = mt.mask_box((x1, y1, x2, y2))
         mask, clipped = mt.clip_mask(mt.jaw_mask((x1, y1, x2, y2), full_box), full_box,
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="face crop side in pixels (default: the model's own, e.g. 96 for wav2lip96)")
     parser.add_argument("--idle-seconds", type=float, default=DEFAULT_IDLE_S)
     parser.add_argument("--max-frames", type=int, default=DEFAULT_MAX_FRAMES)
-    parser.add_argument("--model", default="parametric", choices=MODELS,
+    parser.add_argument("--model", default="parametric", choices=[*LIPSYNC_MODELS.names, *LIPSYNC_MODELS.aliases],
                         help="the lip-sync model the avatar is for (LiveTalking's crop size for it)")
     parser.add_argument(
         "--mouth-box", type=float, nargs=4, metavar=("X", "Y", "W", "H"),
@@ -319,14 +319,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vae-dir", type=Path, default=None,
                         help="musetalk: the sd-vae-ft-mse folder (default models/sd-vae-ft-mse)")
     args = parser.parse_args(argv)
-    face_size = args.face_size or engine_spec(args.model).native_face_size or DEFAULT_FACE_SIZE
+    model = lipsync_model(args.model)
+    face_size = args.face_size or model.native_face_size or DEFAULT_FACE_SIZE
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         path = build_avatar(
             args.avatar_id, image=args.image, video=args.video, astronaut=args.astronaut,
             out_dir=args.out,
             face_size=face_size, idle_seconds=args.idle_seconds, max_frames=args.max_frames,
-            model=args.model, mouth_box=tuple(args.mouth_box), force=args.force,
+            model=model.name, mouth_box=tuple(args.mouth_box), force=args.force,
             vae_dir=args.vae_dir,
         )
     except NoFaceError as exc:

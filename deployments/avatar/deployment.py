@@ -1,7 +1,10 @@
 """`AvatarRenderer`: the lip-sync Serve deployment (Serve concerns only; engines do the work).
 
-Requests from many sessions are batched with `@serve.batch`; all their frames go through one
-renderer call per avatar. Avatars are loaded on first use and kept in a per-replica LRU.
+A request is one session's chunk: frame indices and the chunk's PCM window. Requests from many
+sessions are batched with `@serve.batch`; the batch's audio features come from one feature
+engine call (the kind the model reads, computed here where they are consumed: one round trip
+per chunk, docs/decisions.md), and all its frames go through one lip-sync call per avatar.
+Avatars are loaded on first use and kept in a per-replica LRU.
 """
 
 from __future__ import annotations
@@ -17,13 +20,16 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
+from deployments.asr import make_feature_engine
 from deployments.avatar.assets import Avatar, load_avatar
-from deployments.avatar.lipsync import MODELS, LipSyncEngine, engine_spec, make_engine
+from deployments.avatar.lipsync import LipSyncEngine, make_engine
 from deployments.avatar.types import RenderRequest, RenderResult
 from deployments.common.errors import BadRequest, NotConfigured
+from deployments.common.features import check_pcm
+from deployments.common.logs import adopt_serve_logging
+from deployments.common.models import FEATURE_MODELS, served_model
 from deployments.common.threads import set_torch_threads
 
-ULTRALIGHT_CHECKPOINT = "ultralight.pth"  # per avatar, in its folder (LiveTalking's layout)
 AVATAR_ID_RE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")  # a folder name, no paths
 
 
@@ -64,38 +70,47 @@ def _resolve_device(device: str) -> str:
 
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=32)
 class AvatarRenderer:
-    """Renders face crops of cached avatars from per-frame audio features.
+    """Renders face crops of cached avatars from each chunk's speech.
 
     Args:
         data_dir: Folder holding one sub-folder per avatar id.
-        model: Lip-sync model, one of `deployments.avatar.lipsync.MODELS`.
-        checkpoint: The network's weights (Wav2Lip: `models/wav2lip.pth`); Ultralight reads
-            `<avatar folder>/ultralight.pth` when this is None. Ignored by "parametric".
+        model: Lip-sync model: a served name or alias in `deployments.common.models`.
+        checkpoint: The network's weights (Wav2Lip: `models/wav2lip.pth`); per-avatar weights
+            (Ultralight's `<avatar folder>/ultralight.pth`) are used when this is None.
+            Ignored by "parametric".
         device: Torch device for networks: "auto" is CUDA when this replica has a GPU.
+        feature_model_dir: Folder of the feature network (HuBERT, whisper); None: the registry's.
         max_cached_avatars: How many avatars one replica keeps decoded (LRU).
     """
 
     def __init__(
         self, data_dir: str = "data/avatars", model: str = "parametric", checkpoint: str | None = None,
-        device: str = "auto", max_cached_avatars: int = 4,
+        device: str = "auto", feature_model_dir: str | None = None, max_cached_avatars: int = 4,
     ) -> None:
-        if model not in MODELS:
-            raise NotConfigured(f"lip-sync model {model!r} is not available (have {', '.join(MODELS)})")
+        adopt_serve_logging()
+        try:
+            self._spec = served_model(model)
+        except ValueError as exc:
+            raise NotConfigured(str(exc)) from exc
+        features = FEATURE_MODELS.get(self._spec.feature_kind)
         self._data_dir = Path(data_dir)
-        self._model, self._checkpoint = model, checkpoint
-        self._device = _resolve_device(device) if model != "parametric" else "cpu"
+        self._model, self._checkpoint = self._spec.name, checkpoint
+        uses_torch = self._spec.needs_torch or features.needs_torch
+        self._device = _resolve_device(device) if uses_torch else "cpu"
         self._config = RendererConfig()
         self._max_cached = max(1, max_cached_avatars)
         self._cache: OrderedDict[str, _Loaded] = OrderedDict()
         self._loading: dict[str, asyncio.Task[_Loaded]] = {}
         self._stats = {"batches": 0, "requests": 0, "frames": 0, "largest_batch": 0, "loads": 0,
                        "torch_threads": 0}
-        # A network on the CPU gets every core by default (docs/decisions.md); parametric: no torch.
-        cpu_net = model != "parametric" and self._device.split(":")[0] == "cpu"
+        # A network on the CPU gets every core by default (docs/decisions.md); parametric + mel: no torch.
+        cpu_net = uses_torch and self._device.split(":")[0] == "cpu"
         self._torch_threads = set_torch_threads() if cpu_net else None
-        if model != "parametric" and checkpoint is not None:
+        # Missing feature weights fail `serve run` here, not at the first chunk.
+        self._features = make_feature_engine(features.kind, feature_model_dir, self._device)
+        if self._spec.needs_torch and checkpoint is not None:
             # Fail `serve run` now, not at the first chunk, when the weights are missing or wrong.
-            make_engine(model, face_size=256, checkpoint=checkpoint, device=self._device)
+            make_engine(self._model, face_size=256, checkpoint=checkpoint, device=self._device)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply a validated `RendererConfig`: batching, threads now; fp16 for avatars loaded from now on."""
@@ -135,10 +150,10 @@ class AvatarRenderer:
         """Decode one avatar folder and build its renderer (runs in a worker thread)."""
         # Only the crops (or latents): full frames stay with SessionHost. AvatarNotFound (404) if unknown.
         avatar = load_avatar(self._data_dir / avatar_id, full_frames=False,
-                             latents=engine_spec(self._model).needs_latents)
+                             latents=self._spec.needs_latents)
         checkpoint = self._checkpoint
-        if checkpoint is None and self._model.startswith("ultralight"):
-            checkpoint = str(self._data_dir / avatar_id / ULTRALIGHT_CHECKPOINT)
+        if checkpoint is None and self._spec.avatar_checkpoint is not None:
+            checkpoint = str(self._data_dir / avatar_id / self._spec.avatar_checkpoint)
         engine = make_engine(self._model, face_size=avatar.face_size, mouth_box=avatar.mouth_box,
                              checkpoint=checkpoint, device=self._device, fp16=self._config.fp16)
         engine.frame_inputs(avatar)  # an avatar the engine cannot use fails here, clearly
@@ -146,50 +161,61 @@ class AvatarRenderer:
         return _Loaded(avatar, engine)
 
     async def render(self, req: RenderRequest) -> RenderResult:
-        """Render the K crops of one session chunk (batched with other sessions' chunks)."""
+        """Render the K crops of one session chunk (batched with other sessions' chunks).
+
+        Raises:
+            BadRequest: Unknown avatar id, frame indices out of range, or a PCM window that is
+                not the `common.features` layout for K frames (raised before batching, so it
+                fails only this caller).
+        """
         entry = await self._get(req.avatar_id)
         n, k = entry.avatar.n_frames, len(req.frame_indices)
         if k == 0 or any(not 0 <= i < n for i in req.frame_indices):
             raise BadRequest(f"frame_indices must be 1+ indices in 0..{n - 1} for {req.avatar_id}")
-        if (shape := np.shape(req.features)) != (want := (k, *entry.renderer.feature_shape)):
-            raise BadRequest(f"features for {self._model} must be {want}, got {shape}")
+        try:
+            check_pcm(req.pcm, k)
+        except ValueError as exc:
+            raise BadRequest(f"bad render request: {exc}") from exc
         return await self._render_batch(_Job(req, entry))
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _render_batch(self, jobs: list[_Job]) -> list[RenderResult]:
-        """All frames of all jobs, one renderer call per avatar, split back per job."""
-        groups: dict[int, list[int]] = {}
-        for j, job in enumerate(jobs):
-            groups.setdefault(id(job.entry), []).append(j)
-        results: list[RenderResult | None] = [None] * len(jobs)
-        for members in groups.values():
-            entry = jobs[members[0]].entry
-            index = [i for j in members for i in jobs[j].req.frame_indices]
-            crops = entry.renderer.frame_inputs(entry.avatar)[index]
-            feats = np.concatenate([np.asarray(jobs[j].req.features, np.float32) for j in members])
-            # Off the event loop: cv2/numpy release the GIL and the next batch can gather.
-            out = await asyncio.to_thread(self._render_in_thread, entry.renderer, crops, feats)
-            start = 0
-            for j in members:
-                k = len(jobs[j].req.frame_indices)
-                results[j] = RenderResult(crops=out[start : start + k])
-                start += k
+        """Features and frames of all jobs in one worker thread, split back per job."""
+        # Off the event loop: numpy, cv2 and torch release the GIL and the next batch can gather.
+        crops = await asyncio.to_thread(self._run_batch, jobs)
         self._stats["batches"] += 1
         self._stats["requests"] += len(jobs)
         self._stats["frames"] += sum(len(job.req.frame_indices) for job in jobs)
         self._stats["largest_batch"] = max(self._stats["largest_batch"], len(jobs))
-        return results  # type: ignore[return-value]  # every slot was filled
+        return [RenderResult(crops=c) for c in crops]
 
-    def _render_in_thread(self, renderer: LipSyncEngine, crops: np.ndarray, feats: np.ndarray) -> np.ndarray:
-        """`renderer.render` in a worker thread, with torch's threads set there (threads.py)."""
-        if self._torch_threads is not None:
+    def _run_batch(self, jobs: list[_Job]) -> list[np.ndarray]:
+        """One feature call for the whole batch, then one lip-sync call per avatar (worker thread)."""
+        if self._torch_threads is not None:  # torch's threads are per calling thread (threads.py)
             self._stats["torch_threads"] = set_torch_threads(self._torch_threads)
-        return renderer.render(crops, feats)
+        feats = self._features.batch([job.req.pcm for job in jobs], [len(job.req.frame_indices) for job in jobs])
+        groups: dict[int, list[int]] = {}
+        for j, job in enumerate(jobs):
+            groups.setdefault(id(job.entry), []).append(j)
+        results: list[np.ndarray] = [np.empty(0)] * len(jobs)
+        for members in groups.values():
+            entry = jobs[members[0]].entry
+            index = [i for j in members for i in jobs[j].req.frame_indices]
+            frame_inputs = entry.renderer.frame_inputs(entry.avatar)[index]
+            out = entry.renderer.render(frame_inputs, np.concatenate([feats[j] for j in members]))
+            start = 0
+            for j in members:
+                k = len(jobs[j].req.frame_indices)
+                results[j] = out[start : start + k]
+                start += k
+        return results
 
-    async def stats(self) -> dict[str, int]:
-        """Counters since start: batches, requests, frames, largest_batch, loads, cached, and
-        torch_threads (what torch used in the last render thread; 0 without a CPU network)."""
-        return {**self._stats, "cached": len(self._cache)}
+    async def stats(self) -> dict[str, Any]:
+        """Counters since start: batches, requests, frames, largest_batch, loads, cached,
+        torch_threads (what torch used in the last render thread; 0 without a CPU network), and
+        the model and the feature kind it computes.
+        """
+        return {**self._stats, "cached": len(self._cache), "model": self._model, "feature_kind": self._features.kind}
 
     async def avatar_info(self, avatar_id: str) -> dict[str, Any]:
         """The avatar's metadata (`avatar.json` schema: face_size, frames, frame_size, ...)."""

@@ -40,7 +40,7 @@ def find_eyes(image: np.ndarray, face: FaceBox) -> list[Eye]:
     cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_eye.xml")
     hits = cascade.detectMultiScale(gray, 1.1, 3, minSize=(max(8, w // 8),) * 2)
     hits = sorted((tuple(int(v) for v in b) for b in hits), key=lambda b: -b[2])[:2]
-    if len(hits) == 2 and abs((hits[0][0] - hits[1][0])) > w // 5:
+    if len(hits) == 2 and abs(hits[0][0] - hits[1][0]) > w // 5:
         # A Haar eye box includes brow and lashes: the eye itself is its middle third.
         return [
             (x + ex + ew / 2, y + ey + eh * 0.55, ew * 0.38, eh * 0.16) for ex, ey, ew, eh in hits

@@ -18,8 +18,9 @@ import cv2
 import numpy as np
 
 from deployments.avatar.assets import DEFAULT_MOUTH_BOX
+from deployments.common.features import FEATURE_SHAPES
 
-N_MELS, MEL_STEPS = 80, 16  # one Wav2Lip window: 80 bins x 200 ms
+N_MELS, MEL_STEPS = FEATURE_SHAPES["mel"]  # one Wav2Lip window: 80 bins x 200 ms
 MEL_FLOOR = -4.0  # silence
 # Columns 0..3 are the frame's own 40 ms; the taper looks 30 ms ahead so the mouth moves
 # smoothly (windows of consecutive frames overlap) and opens just before the sound.
@@ -157,7 +158,7 @@ class ParametricLipSync:
         map_x = self._x + k * self._shift_x
         warped = np.stack([
             cv2.remap(c, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            for c, mx, my in zip(crops, map_x, map_y)
+            for c, mx, my in zip(crops, map_x, map_y, strict=True)
         ])
         b0, b1 = self._band  # only these rows can be inside the opening
         warped[:, b0:b1] = self._fill(warped[:, b0:b1], o, u, lens, drop, lift)

@@ -9,15 +9,17 @@ import numpy as np
 
 @dataclass(frozen=True)
 class RenderRequest:
-    """One session's chunk: K frames of one avatar.
+    """One session's chunk: K frames of one avatar and the audio they speak.
 
-    `frame_indices` index the avatar's frames (face crops); `features` holds one
-    per-frame audio feature window per frame, (K, 80, 16) float32 Wav2Lip mel windows.
+    `frame_indices` index the avatar's frames (face crops). `pcm` is the chunk's 16 kHz float32
+    speech with its context, laid out as `deployments.common.features` says (left context,
+    K * 640 samples, right context): the renderer computes the features its model reads, so a
+    speaking chunk is one round trip and no feature array crosses a process.
     """
 
     avatar_id: str
     frame_indices: tuple[int, ...]
-    features: np.ndarray
+    pcm: np.ndarray
 
 
 @dataclass(frozen=True)

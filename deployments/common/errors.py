@@ -72,3 +72,9 @@ class EngineError(AvatarError):
     def __init__(self, msg: str, *, retryable: bool = False) -> None:
         super().__init__(msg)
         self.retryable = retryable
+
+
+class CheckpointError(AvatarError):
+    """Model weights that are missing, unreadable or do not fit the network (a setup problem)."""
+
+    status = 500

@@ -18,12 +18,21 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deployments.common.audio import decode_audio
 from deployments.common.errors import AvatarError, BadRequest, NotConfigured
-from deployments.rtc.requests import bool_field, read_fields, read_upload, session_id_of, text_field
+from deployments.common.logs import adopt_serve_logging
+from deployments.rtc.requests import (
+    bool_field,
+    check_offer_sdp,
+    read_fields,
+    read_upload,
+    session_id_of,
+    text_field,
+)
 
-log = logging.getLogger("ray.serve")
+log = logging.getLogger(__name__)
 WEB_DIR = Path(__file__).parent / "web"
 app = FastAPI(title="Talking avatar", docs_url="/docs")
 
@@ -43,8 +52,15 @@ def ok(**data) -> JSONResponse:
 
 
 def error_response(exc: Exception) -> JSONResponse:
-    cause = exc if isinstance(exc, AvatarError) else getattr(exc, "cause", None)
-    if isinstance(cause, AvatarError):
+    """`{"code": -1, "msg"}` with the error's own status and message, never Ray's text.
+
+    An error raised in another replica arrives as Ray's wrapper, whose str() is a traceback (ANSI
+    colours, pids, paths): its `cause` is the original error, with the message the client gets.
+    """
+    cause = getattr(exc, "cause", None)
+    if not isinstance(cause, AvatarError):
+        cause = exc if isinstance(exc, AvatarError) else None
+    if cause is not None:
         return JSONResponse({"code": -1, "msg": cause.msg}, status_code=cause.status)
     log.exception("internal error: %s", exc)
     return JSONResponse({"code": -1, "msg": f"internal error: {type(exc).__name__}"}, status_code=500)
@@ -53,6 +69,12 @@ def error_response(exc: Exception) -> JSONResponse:
 @app.exception_handler(AvatarError)
 async def _on_avatar_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Unknown routes and wrong methods answer in the API's own shape too."""
+    return JSONResponse({"code": -1, "msg": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
 
 @app.exception_handler(Exception)
@@ -66,6 +88,7 @@ class Api:
     """HTTP endpoints and the web page."""
 
     def __init__(self, host: DeploymentHandle, settings: dict | None = None) -> None:
+        adopt_serve_logging()
         self._host = host
         self.settings = ApiSettings(**(settings or {}))
 
@@ -87,9 +110,7 @@ class Api:
     @app.post("/offer")
     async def offer(self, request: Request) -> JSONResponse:
         fields = await read_fields(request, self.settings.max_sdp_bytes)
-        sdp = fields.get("sdp")
-        if not isinstance(sdp, str) or "v=0" not in sdp:
-            raise BadRequest("'sdp' must be an SDP offer string")
+        sdp = check_offer_sdp(fields.get("sdp"))
         if fields.get("type") != "offer":
             raise BadRequest("'type' must be 'offer'")
         answer = await self._host.offer.remote(sdp, "offer")

@@ -1,10 +1,10 @@
 """The per-session conductor: turns queued speech into slot-addressed frames and audio.
 
-It works in chunks of K frames. A chunk with speech asks AudioFeatures for mel windows and
-AvatarRenderer for K mouth crops, pastes them onto the avatar's own frames and queues frames
-and audio together; a silent chunk uses idle frames and touches no model. Production runs a
-bounded lead ahead of playback; new speech replaces queued idle slots so it plays at once; an
-interrupt drops everything not yet played.
+It works in chunks of K frames. A chunk with speech sends its audio window to AvatarRenderer
+(one round trip: the renderer computes the features its model reads) for K mouth crops, pastes
+them onto the avatar's own frames and queues frames and audio together; a silent chunk uses
+idle frames and touches no model. Production runs a bounded lead ahead of playback; new speech
+replaces queued idle slots so it plays at once; an interrupt drops everything not yet played.
 """
 
 from __future__ import annotations
@@ -12,23 +12,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from deployments.asr.features import LEFT_CONTEXT_SAMPLES, RIGHT_CONTEXT_SAMPLES
 from deployments.avatar.assets import mirror_index
 from deployments.avatar.types import RenderRequest, RenderResult
 from deployments.common.audio import to_int16
+from deployments.common.features import LEFT_CONTEXT_SAMPLES, RIGHT_CONTEXT_SAMPLES
+from deployments.common.logs import SessionLog
 from deployments.common.timing import SAMPLES_PER_FRAME
 from deployments.rtc.timeline import FRAME_S, MediaClock, MediaItem, MediaTimeline
 from deployments.rtc.utterance import Utterance
 
 log = logging.getLogger(__name__)
 
-FeaturesFn = Callable[[np.ndarray, int], Awaitable[np.ndarray]]
 RenderFn = Callable[[RenderRequest], Awaitable[RenderResult]]
 SpeechFn = Callable[[str], AsyncIterator[np.ndarray]]
 PasteFn = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
@@ -43,7 +43,7 @@ class ConductorConfig:
     chunk_frames: int = 4  # K: frames per render request (2–8)
     lead_chunks: int = 2  # how far production may run ahead of playback
     start_margin_frames: int = 1  # new speech is placed this many slots after the one playing
-    # Audio the feature extractor needs around a chunk (mel: LiveTalking's 10 chunks each side).
+    # Audio the features need around a chunk (common.features: LiveTalking's 10 chunks each side).
     left_context_samples: int = LEFT_CONTEXT_SAMPLES
     right_context_samples: int = RIGHT_CONTEXT_SAMPLES
 
@@ -54,35 +54,38 @@ class Conductor:
     def __init__(
         self,
         *,
+        session_id: str = "-",
         avatar_id: str,
         full_frames: np.ndarray,
         paste: PasteFn,
         clock: MediaClock,
         timeline: MediaTimeline,
-        features: FeaturesFn,
         render: RenderFn,
         speech: SpeechFn,
         config: ConductorConfig = ConductorConfig(),
         observe: ObserveFn | None = None,
     ) -> None:
         self._avatar_id = avatar_id
+        self._log = SessionLog(log, session_id)
         self._frames = full_frames
         self._paste = paste
         self._clock, self._timeline = clock, timeline
-        self._features, self._render, self._speech = features, render, speech
+        self._render, self._speech = render, speech
         self.config = config
         self._observe = observe or (lambda stage, seconds: None)
         self.turn = 0
         self._queue: deque[Utterance] = deque()
         self._tts_tasks: set[asyncio.Task] = set()
         self._wake = asyncio.Event()
+        self._turn_over = asyncio.Event()  # set by interrupt(): in-flight calls of the old turn are abandoned
         self._cursor = 0  # next slot to produce
         self._avatar_counter = 0  # next ping-pong position
         self._history = np.zeros(config.left_context_samples, np.float32)  # audio before the cursor
         self._closed = False
         self.rendered_chunks = 0
         self.idle_chunks = 0
-        self.errors: deque[str] = deque(maxlen=20)  # recent TTS failures, for session stats
+        self.errors: deque[str] = deque(maxlen=20)  # recent stage failures, for session stats
+        self.stage_errors: Counter[str] = Counter()  # all of them by stage ("tts", "render"), for metrics
 
     # ---- control -------------------------------------------------------------------------
     def say(self, text: str) -> Utterance:
@@ -104,8 +107,10 @@ class Conductor:
         return utt
 
     def interrupt(self) -> None:
-        """Start a new turn: stop TTS, drop queued speech and every slot not yet played."""
+        """Start a new turn: stop TTS and an in-flight render, drop queued speech and every slot not yet played."""
         self.turn += 1
+        self._turn_over.set()
+        self._turn_over = asyncio.Event()
         for task in list(self._tts_tasks):
             task.cancel()
         self._queue.clear()
@@ -139,9 +144,7 @@ class Conductor:
             error = "cancelled"
             raise
         except Exception as exc:  # surfaced to the session, never through the media loop
-            error = f"tts failed: {exc}"
-            self.errors.append(error)
-            log.warning("tts failed for turn %d: %s", utt.turn, exc)
+            error = self._stage_failed("tts", exc, utt.turn)
         finally:
             utt.finish(error)
             self._wake.set()
@@ -184,7 +187,7 @@ class Conductor:
         self._wake.clear()
         try:
             await asyncio.wait_for(self._wake.wait(), timeout=max(timeout, 0.005))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     def _next_avatar_indices(self, k: int) -> list[int]:
@@ -222,12 +225,14 @@ class Conductor:
             crops = None
         else:
             t0 = time.perf_counter()
-            feats = await self._features(window, k)
-            t1 = time.perf_counter()
-            result = await self._render(RenderRequest(self._avatar_id, tuple(indices), feats))
-            crops = result.crops
-            self._observe("features", t1 - t0)
-            self._observe("render", time.perf_counter() - t1)
+            try:
+                request = RenderRequest(self._avatar_id, tuple(indices), window)
+                result = await self._unless_interrupted(self._render(request))
+                crops = None if result is None else result.crops
+            except Exception as exc:  # the chunk's audio still plays, over the avatar's own frames
+                crops = None
+                self._stage_failed("render", exc, turn)
+            self._observe("render", time.perf_counter() - t0)
         if turn != self.turn:
             return  # interrupted while rendering: the result belongs to a dead turn
         audio = to_int16(pcm).reshape(k, SAMPLES_PER_FRAME)
@@ -240,6 +245,31 @@ class Conductor:
         self._observe("paste", time.perf_counter() - t0)
         self._cursor = max(self._cursor, start + k)
         self.rendered_chunks += 1
+
+    async def _unless_interrupted(self, call: Awaitable[RenderResult]) -> RenderResult | None:
+        """`await call`, or None as soon as the turn is interrupted (the call is then cancelled)."""
+        task = asyncio.ensure_future(call)
+        turn_over = asyncio.ensure_future(self._turn_over.wait())
+        try:
+            await asyncio.wait({task, turn_over}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the conductor is closing: no call outlives it
+            task.cancel()
+            turn_over.cancel()
+            raise
+        turn_over.cancel()
+        if not task.done():  # interrupted: a render of the old turn is not waited for
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return None
+        return task.result()
+
+    def _stage_failed(self, stage: str, exc: BaseException, turn: int) -> str:
+        """Count, log and keep a stage's failure for the session's stats; returns the message."""
+        error = f"{stage} failed: {exc}"
+        self.errors.append(error)
+        self.stage_errors[stage] += 1
+        self._log.warning("%s failed for turn %d: %s", stage, turn, exc)
+        return error
 
     def _push_history(self, pcm: np.ndarray) -> None:
         joined = np.concatenate([self._history, pcm])

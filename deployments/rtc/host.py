@@ -10,13 +10,10 @@ import numpy as np
 from aiortc import RTCPeerConnection
 from pydantic import BaseModel, Field
 from ray import serve
-from ray.serve import metrics
 from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
-from deployments.asr.features import LEFT_CONTEXT_SAMPLES, RIGHT_CONTEXT_SAMPLES
 from deployments.avatar.assets import load_avatar
-from deployments.avatar.lipsync import feature_kind
 from deployments.avatar.paste import make_paster
 from deployments.avatar.types import RenderRequest, RenderResult
 from deployments.common.errors import (
@@ -25,16 +22,16 @@ from deployments.common.errors import (
     SessionGone,
     SessionNotFound,
 )
-from deployments.common.timing import SAMPLES_PER_FRAME
+from deployments.common.logs import SessionLog, adopt_serve_logging
 from deployments.rtc.conductor import Conductor, ConductorConfig
 from deployments.rtc.ice import configure_host_addresses, rtc_configuration
+from deployments.rtc.metrics import HostMetrics
 from deployments.rtc.session import Session, configure_video_bitrate
 from deployments.rtc.session_ids import new_session_id, owner_tag, tag_of
 from deployments.rtc.timeline import MediaClock, MediaTimeline
 from deployments.rtc.tracks import AvatarAudioTrack, AvatarVideoTrack
 
-log = logging.getLogger("ray.serve")
-LATENCY_BOUNDARIES_S = [0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]
+log = logging.getLogger(__name__)
 
 
 class HostSettings(BaseModel):
@@ -42,7 +39,6 @@ class HostSettings(BaseModel):
 
     avatar_id: str = "astronaut"
     data_dir: str = "data/avatars"
-    model: str = "parametric"  # lip-sync model; decides which audio features a chunk needs
     # WebRTC host candidate addresses (env ICE_HOST_ADDRESSES wins); empty = all interfaces.
     ice_host_addresses: list[str] = Field(default_factory=list)
     ice_servers: list[str] = Field(default_factory=list)  # STUN/TURN URLs; empty = no STUN traffic
@@ -50,6 +46,9 @@ class HostSettings(BaseModel):
     chunk_frames: int = Field(4, ge=2, le=8)
     lead_chunks: int = Field(2, ge=1, le=4)
     video_bitrate_kbps: int = Field(1000, ge=100, le=20000)
+    # An offer that has not connected by then is dropped and frees its slot (aiortc never gives up
+    # on an offer whose ICE does not complete, so replayed or candidate-less offers would pile up).
+    connect_timeout_s: float = Field(30.0, gt=0, le=600)
 
 
 @serve.deployment(
@@ -64,39 +63,30 @@ class HostSettings(BaseModel):
 class SessionHost:
     """Peer connections and conductors of the sessions this replica owns."""
 
-    def __init__(self, tts: DeploymentHandle, features: DeploymentHandle, renderer: DeploymentHandle,
-                 settings: dict | None = None) -> None:
+    def __init__(self, tts: DeploymentHandle, renderer: DeploymentHandle, settings: dict | None = None) -> None:
+        adopt_serve_logging()
         self.settings = HostSettings(**(settings or {}))
-        self._tts, self._features, self._renderer = tts, features, renderer
+        self._tts, self._renderer = tts, renderer
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         self._tag = owner_tag(self._replica_id)
-        self._feature_kind = feature_kind(self.settings.model)
         self._avatar = load_avatar(Path(self.settings.data_dir) / self.settings.avatar_id)
         self._paster = make_paster(self._avatar)
         self._sessions: dict[str, Session] = {}
         self._warm_up_task: asyncio.Task | None = None
         self._pending = 0  # offers being negotiated count against max_sessions too
-        # Prometheus metrics via Ray (ARCHITECTURE.md §8); tagged by stage, not by session, so
-        # their cardinality stays fixed however many sessions come and go.
-        self._latency = metrics.Histogram("avatar_stage_latency_s", "per-stage latency of the session pipeline",
-                                          boundaries=LATENCY_BOUNDARIES_S, tag_keys=("stage",))
-        self._session_gauge = metrics.Gauge("avatar_sessions", "sessions held by this SessionHost replica")
+        self._reapers: set[asyncio.Task] = set()  # one per session until it connects
+        self._metrics = HostMetrics()
         configure_host_addresses(self.settings.ice_host_addresses)
         configure_video_bitrate(self.settings.video_bitrate_kbps)
 
     # ---- routing & health ----------------------------------------------------------------
     def record_routing_stats(self) -> dict:
-        self._session_gauge.set(len(self._sessions))
+        """Sessions held (and being negotiated) for the router; samples the metrics too (every 1 s)."""
+        self._metrics.sample(self._sessions.values())
         return {"sessions": len(self._sessions) + self._pending}
-
-    def _observe(self, stage: str, seconds: float) -> None:
-        self._latency.observe(seconds, tags={"stage": stage})
 
     async def check_health(self) -> None:
         return None
-
-    async def whoami(self) -> dict:
-        return {"replica": self._replica_id, "tag": self._tag, "sessions": sorted(self._sessions)}
 
     def _session(self, session_id: str) -> Session:
         if tag_of(session_id) != self._tag:
@@ -108,14 +98,13 @@ class SessionHost:
 
     # ---- session lifecycle ---------------------------------------------------------------
     async def _warm_up(self) -> None:
-        """First calls pay for handle set-up, the avatar load in the renderer and JIT compiles:
-        pay them while the first viewer connects, not at its first sentence."""
-        silence = np.zeros(LEFT_CONTEXT_SAMPLES + SAMPLES_PER_FRAME + RIGHT_CONTEXT_SAMPLES, np.float32)
+        """First calls pay for handle set-up and the avatar load in the renderer: pay them while
+        the first viewer connects, not at its first sentence.
+        """
         try:
             await asyncio.gather(
                 self._tts.sample_rate.remote(),
                 self._renderer.avatar_info.remote(self.settings.avatar_id),
-                self._features.features.remote(self._feature_kind, silence, 1),
             )
         except Exception as exc:  # a real failure shows up again, with its context, when used
             log.warning("warm-up failed: %s", exc)
@@ -135,7 +124,10 @@ class SessionHost:
                 raise
             self._sessions[session.id] = session
             session.start()
-            log.info("session %s started (%d on this replica)", session.id, len(self._sessions))
+            reaper = asyncio.create_task(self._drop_unless_connected(session), name=f"reaper-{session.id}")
+            self._reapers.add(reaper)
+            reaper.add_done_callback(self._reapers.discard)
+            SessionLog(log, session.id).info("started (%d on this replica)", len(self._sessions))
             return {"sdp": answer.sdp, "type": answer.type, "sessionid": session.id}
         finally:
             self._pending -= 1
@@ -150,11 +142,11 @@ class SessionHost:
             paste=self._paster.paste,
             clock=clock,
             timeline=timeline,
-            features=self._audio_features,
             render=self._render,
             speech=self._speech,
             config=ConductorConfig(chunk_frames=self.settings.chunk_frames, lead_chunks=self.settings.lead_chunks),
-            observe=self._observe,
+            observe=self._metrics.observe,
+            session_id=session_id,
         )
         video = AvatarVideoTrack(clock, timeline, self._avatar.full_frames[0])
         audio = AvatarAudioTrack(clock, timeline)
@@ -171,7 +163,15 @@ class SessionHost:
         session = self._sessions.pop(session_id, None)
         if session is not None:
             await session.aclose()
-            log.info("session %s closed", session_id)
+            SessionLog(log, session_id).info("closed")
+
+    async def _drop_unless_connected(self, session: Session) -> None:
+        """Drop `session` if its peer connection is not connected within `connect_timeout_s`."""
+        await asyncio.sleep(self.settings.connect_timeout_s)
+        if session.id in self._sessions and session.pc.connectionState != "connected":
+            SessionLog(log, session.id).info("never connected (%s after %g s): dropped",
+                                             session.pc.connectionState, self.settings.connect_timeout_s)
+            await self._drop(session.id)
 
     async def close_session(self, session_id: str) -> dict:
         self._session(session_id)
@@ -210,12 +210,11 @@ class SessionHost:
         async for pcm in self._tts.options(stream=True).stream.remote(text):
             yield pcm
 
-    async def _audio_features(self, pcm: np.ndarray, n_frames: int) -> np.ndarray:
-        return await self._features.features.remote(self._feature_kind, pcm, n_frames)
-
     async def _render(self, req: RenderRequest) -> RenderResult:
         return await self._renderer.render.remote(req)
 
     async def __del__(self) -> None:
+        for reaper in self._reapers:
+            reaper.cancel()
         await asyncio.gather(*(s.aclose() for s in self._sessions.values()), return_exceptions=True)
         self._sessions.clear()

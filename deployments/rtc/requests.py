@@ -43,6 +43,8 @@ async def read_fields(request: Request, max_bytes: int) -> dict[str, Any]:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"malformed JSON: {exc}") from exc
+    except RecursionError as exc:  # a few KiB of "[[[[..." exhausts the parser's stack
+        raise BadRequest("malformed JSON: nested too deeply") from exc
     if not isinstance(data, dict):
         raise BadRequest("the JSON body must be an object")
     return data
@@ -76,6 +78,28 @@ def session_id_of(request: Request, fields: dict[str, Any]) -> str:
         if raw not in (None, ""):
             return normalize_session_id(raw)
     return normalize_session_id(None)
+
+
+MEDIA_KINDS = ("audio", "video")
+
+
+def check_offer_sdp(sdp: object) -> str:
+    """`sdp` if it is an SDP offer with one video m-line and at most one audio m-line.
+
+    Counted on the text, before aiortc parses it: an offer of hundreds of m-lines would otherwise
+    be negotiated in full and answered with an SDP many times its size.
+
+    Raises:
+        BadRequest: Not an SDP string, no video, more than one m-line of a kind, or another kind.
+    """
+    if not isinstance(sdp, str) or "v=0" not in sdp:
+        raise BadRequest("'sdp' must be an SDP offer string")
+    kinds = [line[2:].split(" ", 1)[0] for line in sdp.splitlines() if line.startswith("m=")]
+    counts = {kind: kinds.count(kind) for kind in MEDIA_KINDS}
+    if counts["video"] != 1 or counts["audio"] > 1 or len(kinds) != sum(counts.values()):
+        raise BadRequest(f"the offer must have one video m-line and at most one audio m-line, got {kinds[:8]}"
+                         + (" ..." if len(kinds) > 8 else ""))
+    return sdp
 
 
 def text_field(fields: dict[str, Any], name: str, max_chars: int) -> str:

@@ -10,7 +10,7 @@ from aiortc.codecs import h264, vpx
 
 from deployments.common.errors import BadOffer
 from deployments.rtc.conductor import Conductor
-from deployments.rtc.timeline import MediaClock, MediaTimeline
+from deployments.rtc.timeline import FRAME_S, MediaClock, MediaTimeline
 from deployments.rtc.tracks import AvatarAudioTrack, AvatarVideoTrack
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,19 @@ class Session:
             "turn": self.conductor.turn,
             "speaking": self.conductor.speaking,
             "errors": list(self.conductor.errors)[-5:],
+            "stage_errors": dict(self.conductor.stage_errors),  # failures by stage since the start
+        }
+
+    def media_stats(self) -> dict:
+        """What the replica's metrics sample: queue depth, lead over playback, A/V offset, counters."""
+        ahead = self.timeline.last_slot() - max(self.clock.playing_slot(), 0)
+        return {
+            "queued_slots": len(self.timeline),
+            "render_lead_s": max(ahead, 0) * FRAME_S,
+            "av_lead_s": self.audio.position_s - self.video.position_s,
+            "speech_chunks": self.conductor.rendered_chunks,
+            "idle_chunks": self.conductor.idle_chunks,
+            "errors": dict(self.conductor.stage_errors),
         }
 
     async def aclose(self) -> None:

@@ -34,7 +34,7 @@ def normalize_session_id(raw: object) -> str:
     if isinstance(raw, float) and raw.is_integer():
         raw = int(raw)
     text = str(raw).strip()
-    if len(text) != SESSION_ID_DIGITS or not text.isdigit() or text[0] != "1":
+    if len(text) != SESSION_ID_DIGITS or not (text.isascii() and text.isdigit()) or text[0] != "1":
         raise SessionNotFound(f"unknown session {text[:40]!r}")
     return text
 

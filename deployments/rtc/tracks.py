@@ -15,11 +15,12 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame, VideoFrame
 
-from deployments.common.timing import AUDIO_CHUNK_S, AUDIO_CHUNK_SAMPLES, CHUNKS_PER_FRAME, SAMPLE_RATE
+from deployments.common.timing import AUDIO_CHUNK_S, AUDIO_CHUNK_SAMPLES, CHUNKS_PER_FRAME, FPS, SAMPLE_RATE
 from deployments.rtc.timeline import FRAME_S, MediaClock, MediaTimeline
 
 VIDEO_CLOCK_RATE = 90_000
 VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
+VIDEO_TICKS_PER_FRAME = VIDEO_CLOCK_RATE // FPS  # 3600, exact: no float time in the pts
 AUDIO_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 SILENCE = np.zeros(AUDIO_CHUNK_SAMPLES, np.int16)
 
@@ -50,6 +51,11 @@ class AvatarVideoTrack(MediaStreamTrack):
         self._slot = -1
         self.sent = 0
 
+    @property
+    def position_s(self) -> float:
+        """Media time of the last frame sent (0 before the first)."""
+        return max(self._slot, 0) * FRAME_S
+
     async def recv(self) -> VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
@@ -61,7 +67,7 @@ class AvatarVideoTrack(MediaStreamTrack):
             self._last = item.frame
         self._timeline.mark_video_played(self._slot)
         frame = _to_video_frame(self._last)
-        frame.pts = int(self._slot * FRAME_S * VIDEO_CLOCK_RATE)
+        frame.pts = self._slot * VIDEO_TICKS_PER_FRAME
         frame.time_base = VIDEO_TIME_BASE
         self.sent += 1
         return frame
@@ -77,6 +83,11 @@ class AvatarAudioTrack(MediaStreamTrack):
         self._clock, self._timeline = clock, timeline
         self._packet = -1
         self.sent = 0
+
+    @property
+    def position_s(self) -> float:
+        """Media time of the last packet sent, to the frame it belongs to (0 before the first)."""
+        return max(self._packet, 0) // CHUNKS_PER_FRAME * FRAME_S
 
     async def recv(self) -> AudioFrame:
         if self.readyState != "live":

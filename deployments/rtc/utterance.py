@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 
 
@@ -19,18 +17,15 @@ class Utterance:
         self.ended = False
         self.started = False  # set once its first samples were scheduled
         self.error: str | None = None
-        self.arrived = asyncio.Event()
 
     def append(self, pcm: np.ndarray) -> None:
         if pcm.size:
             self._pieces.append(np.asarray(pcm, np.float32).reshape(-1))
             self._available += pcm.size
-        self.arrived.set()
 
     def finish(self, error: str | None = None) -> None:
         self.ended = True
         self.error = error
-        self.arrived.set()
 
     @property
     def remaining(self) -> int:

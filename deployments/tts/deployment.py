@@ -16,10 +16,11 @@ import numpy as np
 from ray import serve
 
 from deployments.common.errors import EngineError
+from deployments.common.logs import adopt_serve_logging
 from deployments.common.timing import SAMPLE_RATE
 from deployments.tts.engine import make_engine
 
-logger = logging.getLogger("ray.serve")
+logger = logging.getLogger(__name__)
 
 
 # num_cpus 0: synthesis is short bursts (RTF ~0.1); a whole reserved core would be idle
@@ -34,6 +35,7 @@ class TTSService:
             engine: A name registered in `deployments.tts.engine.ENGINES`.
             engine_options: Keyword arguments of that engine's constructor.
         """
+        adopt_serve_logging()
         self._engine_name = engine
         self._engine = make_engine(engine, engine_options)
         self._closed = False

@@ -6,20 +6,21 @@ Engines are pure Python (no Ray): `deployment.TTSService` wraps whichever one th
 from __future__ import annotations
 
 import abc
-import importlib
 import inspect
 from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 
+from deployments.common.registry import LazyRegistry
 from deployments.common.timing import SAMPLE_RATE
 
-# name -> "module:Class"; imported lazily so that choosing one engine never imports the other
-ENGINES: dict[str, str] = {
+# Imported only when chosen, so choosing one engine never imports the other's dependencies.
+# LiveTalking's `--tts edgetts` is accepted as an alias.
+ENGINES: LazyRegistry = LazyRegistry("tts engine", {
     "piper": "deployments.tts.piper_engine:PiperEngine",
     "edge": "deployments.tts.edge_engine:EdgeTTSEngine",
-}
+}, aliases={"edgetts": "edge"})
 
 __all__ = ["ENGINES", "TTSEngine", "make_engine"]
 
@@ -51,7 +52,7 @@ def make_engine(name: str, options: dict[str, Any] | None = None) -> TTSEngine:
     """Build the engine registered as `name` with keyword `options`.
 
     Args:
-        name: One of `ENGINES` ("piper", "edge").
+        name: A name or alias in `ENGINES` ("piper", "edge" / "edgetts").
         options: Keyword arguments of the engine's constructor.
 
     Returns:
@@ -60,11 +61,7 @@ def make_engine(name: str, options: dict[str, Any] | None = None) -> TTSEngine:
     Raises:
         ValueError: Unknown name, or options the engine does not accept.
     """
-    if name not in ENGINES:
-        valid = ", ".join(repr(n) for n in ENGINES)
-        raise ValueError(f"unknown tts engine {name!r}: choose one of {valid}")
-    module_name, class_name = ENGINES[name].split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
+    cls = ENGINES.load(name)  # ValueError listing the engines for an unknown name
     options = dict(options or {})
     try:
         inspect.signature(cls).bind(**options)

@@ -31,7 +31,7 @@ ONNX_THREADS = 1  # one intra-op thread: the steadiest latency on a 2-core box s
 # Piper peak-normalises each call by default; per clause that makes loudness jump between
 # pieces, so we keep its raw level (peaks ~0.4-0.7 for the bundled voice) and apply a fixed gain
 OUTPUT_GAIN = 1.4
-_WARMUP_TEXT = "Hello."  # first run pays onnxruntime allocation and the resampler's JIT compile
+_WARMUP_TEXT = "Hello."  # the first run pays onnxruntime's allocations
 
 __all__ = ["OUTPUT_GAIN", "PiperEngine", "default_voice_path"]
 

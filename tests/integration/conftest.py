@@ -16,6 +16,10 @@ from clients.avatar_client import AvatarClient
 from deployments.avatar.builder import build_avatar
 from serve_app import AppArgs, bind_graph
 
+# Async tests here fail too if they leave asyncio tasks running (the unit tier's guard; Serve
+# handles awaited from a test's loop and the aiortc client leave none behind).
+from tests.leak_guard import _fail_on_leaked_tasks, _leaked_task_guard  # noqa: F401
+
 
 @pytest.fixture(scope="session")
 def avatar_data_dir(tmp_path_factory):

@@ -78,6 +78,35 @@ async def test_admission_control_and_unknown_sessions(app_url):
             for bad, status in ((unknown, 404), (dead, 410), ("junk", 404), ("", 404)):
                 res = await http.post("/is_speaking", json={"sessionid": bad})
                 assert res.status_code == status, (bad, res.text)
-                assert res.json()["code"] == -1 and res.json()["msg"]
+                msg = res.json()["msg"]
+                assert res.json()["code"] == -1 and msg
+                # Raised inside SessionHost, answered with the error's own words, not Ray's traceback.
+                assert "Traceback" not in msg and "\x1b" not in msg and "pid=" not in msg, msg
+                assert msg.startswith(("unknown session", "session", "missing")), msg
+            res = await http.get("/no/such/route")
+            assert res.status_code == 404 and res.json() == {"code": -1, "msg": "Not Found"}
+            res = await http.post("/human", content=b"[" * 30000, headers={"content-type": "application/json"})
+            assert res.status_code == 400 and "nested too deeply" in res.json()["msg"]
     finally:
         await asyncio.gather(*(c.close() for c in clients + [extra]))
+
+
+async def test_session_lines_reach_the_replica_logs(app_url):
+    """Our modules log through Serve's replica handlers, and every session line names its session."""
+    from pathlib import Path
+
+    client = AvatarClient(app_url)
+    try:
+        await client.connect()
+        sid = client.sessionid
+    finally:
+        await client.close()
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs" / "serve"
+    for _ in range(50):  # the replica's file handler flushes on its own schedule
+        lines = [line for f in logs.glob("replica_avatar_SessionHost_*.log")
+                 for line in f.read_text(errors="replace").splitlines() if f"session {sid}:" in line]
+        if any("started" in line for line in lines) and any("closed" in line for line in lines):
+            break
+        await asyncio.sleep(0.2)
+    assert any("started" in line and "INFO" in line for line in lines), lines
+    assert any("closed" in line for line in lines), lines

@@ -1,4 +1,5 @@
-"""``AvatarRenderer`` on a real Ray Serve instance: batching, exactness, errors, metadata.
+"""``AvatarRenderer`` on a real Ray Serve instance: features + render in one call, batching,
+exactness, errors, metadata.
 
 ``@serve.batch`` does not work in ``_local_testing_mode`` (NOTES.md), so this starts Ray.
 """
@@ -15,12 +16,15 @@ from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.asr import mel_frame_windows
 from deployments.avatar.assets import Avatar, AvatarNotFound, load_avatar
 from deployments.avatar.builder import build_avatar
 from deployments.avatar.deployment import AvatarRenderer, RendererConfig
 from deployments.avatar.parametric import ParametricLipSync
 from deployments.avatar.types import RenderRequest, RenderResult
 from deployments.common.errors import BadRequest
+from deployments.common.features import LEFT_CONTEXT_SAMPLES, pcm_samples_for
+from deployments.common.timing import SAMPLES_PER_FRAME
 
 pytestmark = pytest.mark.integration
 
@@ -58,11 +62,12 @@ def handle(data_dir: Path) -> Iterator[DeploymentHandle]:
 
 
 def _request(avatar: Avatar, k: int, seed: int) -> RenderRequest:
+    """K frames of noise bursts at random loudness, the first frame's own audio silent."""
     rng = np.random.default_rng(seed)
     indices = tuple(int(i) for i in rng.integers(0, avatar.n_frames, k))
-    feats = np.clip(-4 + rng.uniform(0, 6, (k, 80, 16)), -4, 4).astype(np.float32)
-    feats[0] = -4.0  # one silent frame per request
-    return RenderRequest(AVATAR_ID, indices, feats)
+    pcm = (rng.uniform(0.0, 0.5) * rng.standard_normal(pcm_samples_for(k))).astype(np.float32)
+    pcm[: LEFT_CONTEXT_SAMPLES + SAMPLES_PER_FRAME] = 0.0  # frame 0 and the audio before it
+    return RenderRequest(AVATAR_ID, indices, pcm)
 
 
 def test_concurrent_renders_are_batched_and_exact(
@@ -75,9 +80,10 @@ def test_concurrent_renders_are_batched_and_exact(
     results = [r.result(timeout_s=60) for r in responses]
     for req, got in zip(reqs, results, strict=True):
         assert isinstance(got, RenderResult)
-        want = local.render(avatar.face_crops[list(req.frame_indices)], req.features)
+        feats = mel_frame_windows(req.pcm, len(req.frame_indices))
+        want = local.render(avatar.face_crops[list(req.frame_indices)], feats)
         assert got.crops.shape == want.shape and np.array_equal(got.crops, want)
-        assert np.array_equal(got.crops[0], avatar.face_crops[req.frame_indices[0]])  # silent
+        assert not np.array_equal(got.crops, avatar.face_crops[list(req.frame_indices)])  # it speaks
     after = handle.stats.remote().result(timeout_s=30)
     requests = after["requests"] - before["requests"]
     batches = after["batches"] - before["batches"]
@@ -87,15 +93,24 @@ def test_concurrent_renders_are_batched_and_exact(
 
 def test_bad_requests_fail_alone(handle: DeploymentHandle, avatar: Avatar) -> None:
     good = _request(avatar, 3, seed=42)
-    unknown = handle.render.remote(RenderRequest("nobody", (0,), good.features[:1]))
+    one_frame = good.pcm[: pcm_samples_for(1)]
+    unknown = handle.render.remote(RenderRequest("nobody", (0,), one_frame))
     beyond = (avatar.n_frames,)
-    out_of_range = handle.render.remote(RenderRequest(AVATAR_ID, beyond, good.features[:1]))
+    out_of_range = handle.render.remote(RenderRequest(AVATAR_ID, beyond, one_frame))
+    short = handle.render.remote(RenderRequest(AVATAR_ID, (0, 1), one_frame))  # audio for 1 frame, not 2
+    nan = one_frame.copy()
+    nan[7] = np.nan
+    not_finite = handle.render.remote(RenderRequest(AVATAR_ID, (0,), nan))
     ok = handle.render.remote(good)
     with pytest.raises(FileNotFoundError, match="nobody does not exist") as missing:
         unknown.result(timeout_s=30)
     assert isinstance(missing.value, AvatarNotFound) and missing.value.status == 404
     with pytest.raises(BadRequest, match="frame_indices must be"):
         out_of_range.result(timeout_s=30)
+    with pytest.raises(BadRequest, match="must hold .* samples"):
+        short.result(timeout_s=30)
+    with pytest.raises(BadRequest, match="NaN"):
+        not_finite.result(timeout_s=30)
     assert ok.result(timeout_s=30).crops.shape == (3, 128, 128, 3)
 
 

@@ -14,15 +14,14 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from deployments.asr.deployment import AudioFeaturesConfig
 from deployments.avatar.deployment import RendererConfig
 from serve_app import AppArgs
 
 pytestmark = pytest.mark.unit
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
-GRAPH = {"Api", "SessionHost", "TTSService", "AudioFeatures", "AvatarRenderer"}
-USER_CONFIGS = {"AvatarRenderer": RendererConfig, "AudioFeatures": AudioFeaturesConfig}
+GRAPH = {"Api", "SessionHost", "TTSService", "AvatarRenderer"}
+USER_CONFIGS = {"AvatarRenderer": RendererConfig}
 
 
 def _app(path: Path) -> dict[str, Any]:

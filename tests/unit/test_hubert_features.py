@@ -19,15 +19,13 @@ import torch
 from deployments.asr.hubert_features import (
     HUBERT_REPO,
     LEFT_CONTEXT_ROWS,
-    LEFT_CONTEXT_SAMPLES,
     MIN_RIGHT_CONTEXT_SAMPLES,
-    RIGHT_CONTEXT_SAMPLES,
     HubertFeatureEngine,
     n_rows_for,
-    pcm_samples_for,
     window_rows,
 )
 from deployments.avatar.models import CheckpointError
+from deployments.common.features import LEFT_CONTEXT_SAMPLES, RIGHT_CONTEXT_SAMPLES, pcm_samples_for
 
 pytestmark = pytest.mark.unit
 

@@ -1,10 +1,10 @@
 """The lip-sync engines (`deployments.avatar.lipsync`) on real avatar crops.
 
-Each network gets every weight from the parity kit's fill rule (`weights_rule.py`), saved in
-its real published checkpoint layout and loaded through `make_engine`. The tests check the
+Each network gets every weight from the parity kit's fill rule (`tests/parity/fill_rule.py`),
+saved in its real published checkpoint layout and loaded through `make_engine`. The tests check the
 engine contract (shapes, purity, batched == one by one), that the model inputs are exactly the
 tensors LiveTalking / Ultralight build by hand, and how the network's crop goes back into the
-avatar's crop. `weights_rule` comes from tests/conftest.py; `PARITY_DIR` picks another kit.
+avatar's crop. `weights_rule` comes from tests/conftest.py.
 """
 
 from __future__ import annotations
@@ -20,16 +20,13 @@ import torch
 
 from deployments.avatar.assets import Avatar, load_avatar
 from deployments.avatar.builder import build_avatar
-from deployments.avatar.lipsync import (
-    FEATURE_SHAPES,
-    MODELS,
-    LipSyncEngine,
-    feature_kind,
-    make_engine,
-)
+from deployments.avatar.lipsync import LipSyncEngine, make_engine
 from deployments.avatar.lipsync.ultralight import INNER
-from deployments.avatar.models import SPECS, CheckpointError, build_model
+from deployments.avatar.models import build_model
 from deployments.avatar.parametric import ParametricLipSync
+from deployments.common.errors import CheckpointError
+from deployments.common.features import FEATURE_SHAPES
+from deployments.common.models import LIPSYNC_MODELS, SERVED_MODELS, lipsync_model
 
 pytestmark = pytest.mark.unit
 
@@ -86,8 +83,9 @@ def engine(checkpoint: Callable[[str], str]) -> EngineFactory:
 def features_for(name: str, n: int, seed: int = 0) -> np.ndarray:
     """Random feature windows of the model's kind (mel in its [-4, 4] range)."""
     rng = np.random.default_rng(seed)
-    shape = (n, *FEATURE_SHAPES[feature_kind(name)])
-    if feature_kind(name) == "mel":
+    kind = lipsync_model(name).feature_kind
+    shape = (n, *FEATURE_SHAPES[kind])
+    if kind == "mel":
         return rng.uniform(-4, 4, shape).astype(np.float32)
     return rng.standard_normal(shape).astype(np.float32)
 
@@ -177,7 +175,7 @@ def test_parametric_engine_equals_parametric_lipsync(avatar: Avatar) -> None:
 
 @pytest.mark.parametrize("name", NETWORKS)
 def test_missing_checkpoint_names_the_file(name: str, tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match=SPECS[name].expected_file.split()[0]):
+    with pytest.raises(CheckpointError, match=lipsync_model(name).checkpoint_layout.split()[0]):
         make_engine(name, face_size=256, checkpoint=None)
     missing = tmp_path / "nothing_here.pth"
     with pytest.raises(CheckpointError, match="nothing_here.pth"):
@@ -185,10 +183,18 @@ def test_missing_checkpoint_names_the_file(name: str, tmp_path: Path) -> None:
 
 
 def test_registry_routes_features() -> None:
-    assert set(MODELS) == {"parametric", *NETWORKS, "musetalk"}  # musetalk: test_musetalk_engine.py
-    assert [feature_kind(m) for m in MODELS] == ["mel", "mel", "mel", "hubert", "whisper"]
+    assert set(SERVED_MODELS) == {"parametric", *NETWORKS, "musetalk"}  # musetalk: test_musetalk_engine.py
+    assert [lipsync_model(m).feature_kind for m in SERVED_MODELS] == ["mel", "mel", "mel", "hubert", "whisper"]
+    assert [lipsync_model(m).needs_torch for m in SERVED_MODELS] == [False, True, True, True, True]
     with pytest.raises(ValueError, match="wav2lip256"):
         make_engine("wav2lip512", face_size=256)
+
+
+def test_livetalking_names_are_aliases() -> None:
+    assert LIPSYNC_MODELS.aliases == {"wav2lip": "wav2lip256", "ultralight": "ultralight_hubert"}
+    assert lipsync_model("wav2lip") is lipsync_model("wav2lip256")
+    with pytest.raises(CheckpointError, match="models/wav2lip.pth"):
+        make_engine("wav2lip", face_size=256, checkpoint=None)
 
 
 def test_bad_batches_are_rejected(engine: EngineFactory, avatar: Avatar) -> None:

@@ -1,7 +1,7 @@
 """Parity of ``deployments.asr.mel`` with Wav2Lip's ``audio.melspectrogram`` and slicing.
 
-Goldens: ``shared/parity/wav2lip_mel.{npz,json}`` (README §4.5), made with upstream Wav2Lip
-and librosa 0.10.2. Set ``PARITY_DIR`` to use a kit elsewhere.
+Goldens: ``tests/parity/wav2lip_mel.{npz,json}`` (kit README §4.5), made with upstream Wav2Lip
+and librosa 0.10.2.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Parity of ``deployments.avatar.models.musetalk`` with MuseTalk v1.5's UNet and PositionalEncoding.
 
-Goldens: ``shared/parity/musetalk.{npz,json}`` (README §4.4), made by running upstream
+Goldens: ``tests/parity/musetalk.{npz,json}`` (kit README §4.4), made by running upstream
 TMElyralab/MuseTalk 0a89dec45a0192b824e3cf4daf96c239440c5ed8 (diffusers 0.30.2
 ``UNet2DConditionModel`` with the musetalk.json config) on deterministic rule-filled weights.
-Set ``PARITY_DIR`` to use a kit elsewhere.
 
 The full-numerics test loads all 849,947,844 rule-filled UNet parameters (3.4 GB in float32,
 written once as a bare ``unet.pth`` by conftest's ``musetalk_models``) through the real registry,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 import pytest
 
@@ -50,11 +52,11 @@ def test_mouth_opens_monotonically_with_energy(lips: ParametricLipSync) -> None:
     levels = np.linspace(0, 5, 11)
     openness = [float(lips.mouth_params(_speech(lv))[0, 0]) for lv in levels]
     assert openness[0] == 0 and openness[-1] > 0.8
-    assert all(b >= a for a, b in zip(openness, openness[1:]))
+    assert all(b >= a for a, b in pairwise(openness))
     face = _face()[None]
     change = [np.abs(lips.render(face, _speech(lv)).astype(int) - face).sum() for lv in levels]
     assert change[0] == 0 and change[-1] > 0
-    assert all(b >= a for a, b in zip(change, change[1:]))
+    assert all(b >= a for a, b in pairwise(change))
     # The opening is dark: the mouth centre gets darker as it opens.
     centre = (slice(int(0.73 * S), int(0.73 * S) + 4), slice(S // 2 - 4, S // 2 + 4))
     assert lips.render(face, _speech(5.0))[0][centre].mean() < face[0][centre].mean() - 40

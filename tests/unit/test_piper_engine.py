@@ -121,7 +121,7 @@ def test_missing_voice_fails_fast(tmp_path) -> None:
 
 
 def test_make_engine_names_and_options() -> None:
-    with pytest.raises(ValueError, match="'espeak': choose one of 'piper', 'edge'"):
+    with pytest.raises(ValueError, match=r"'espeak': choose one of piper, edge, edgetts \(= edge\)"):
         make_engine("espeak", None)
     with pytest.raises(ValueError, match="bad options for tts engine 'piper'"):
         make_engine("piper", {"voice": "x"})

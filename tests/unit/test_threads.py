@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _run(code: str) -> dict:
     """Run `code` (which prints one JSON line last) with OMP_NUM_THREADS=1; its parsed output."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr
@@ -69,29 +69,33 @@ def test_a_thread_that_ran_torch_needs_its_own_call() -> None:
 def test_replicas_set_threads_only_for_cpu_networks() -> None:
     out = _run("""
         import asyncio, json, sys
-        from deployments.asr.deployment import AudioFeatures
+        import numpy as np
         from deployments.avatar.deployment import AvatarRenderer
-        # The weight-free defaults: parametric renderer, mel features. Neither may import torch.
+        # The weight-free default: parametric renderer with mel features. It may not import torch.
         parametric = AvatarRenderer.func_or_class(data_dir="/nonexistent", model="parametric")
         parametric.reconfigure({"torch_threads": 2})
-        mel = AudioFeatures.func_or_class(kinds=("mel",))
-        mel.reconfigure({"torch_threads": 2})
         no_torch = "torch" not in sys.modules
         import torch
         net = AvatarRenderer.func_or_class(data_dir="/nonexistent", model="wav2lip96", device="cpu")
         by_default = torch.get_num_threads()
         net.reconfigure({"torch_threads": 3})
 
-        class Probe:  # stands in for an engine: reports the threads torch has in the render thread
-            def render(self, crops, feats):
-                return torch.get_num_threads()
+        class Probe:  # stands in for the feature engine: reports torch's threads in the render thread
+            kind = "probe"
 
-        in_render = net._render_in_thread(Probe(), None, None)
+            def batch(self, pcms, n_frames):
+                raise RuntimeError(torch.get_num_threads())
+
+        net._features = Probe()
+        try:
+            net._run_batch([])
+        except RuntimeError as exc:
+            in_render = exc.args[0]
         stats = asyncio.run(net.stats())["torch_threads"]
         print(json.dumps({"no_torch": no_torch, "parametric": asyncio.run(parametric.stats())["torch_threads"],
                           "by_default": by_default, "in_render": in_render, "stats": stats}))
     """)
-    assert out["no_torch"], "the parametric renderer and mel features must not import torch"
+    assert out["no_torch"], "the parametric renderer with mel features must not import torch"
     assert out["parametric"] == 0
     assert out["by_default"] == len(os.sched_getaffinity(0))
     assert out["in_render"] == out["stats"] == 3

@@ -1,11 +1,10 @@
 """Parity of ``deployments.avatar.models.ultralight`` with Ultralight-Digital-Human ``unet.Model``.
 
-Goldens: ``shared/parity/ultralight_{hubert,wenet}.{npz,json}`` (README §4.3), made by running
+Goldens: ``tests/parity/ultralight_{hubert,wenet}.{npz,json}`` (kit README §4.3), made by running
 upstream anliyuan/Ultralight-Digital-Human 5aa8b5a8 ``Model(6, mode)`` on CPU with weights from
 the kit's fill rule. ``output`` was made with weights filled by the head key names,
 ``output_legacy_keys`` with weights filled by the legacy (LiveTalking) names. Every checkpoint
 here goes through ``load_model``, so the key mapping and both file layouts are tested too.
-Set ``PARITY_DIR`` to use a kit elsewhere.
 """
 
 from __future__ import annotations
@@ -20,8 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from deployments.avatar.models import SPECS, CheckpointError, load_model
+from deployments.avatar.models import load_model
 from deployments.avatar.models.ultralight import Ultralight
+from deployments.common.errors import CheckpointError
+from deployments.common.models import lipsync_model
 
 pytestmark = pytest.mark.unit
 
@@ -123,7 +124,7 @@ def test_hubert_weights_do_not_load_into_wenet(filled, tmp_path: Path) -> None:
         load_model("ultralight_wenet", path)
     msg = str(info.value)
     # Same key names, other shapes: the error names the file to supply and the first offender.
-    assert SPECS["ultralight_wenet"].expected_file in msg and str(path) in msg
+    assert lipsync_model("ultralight_wenet").checkpoint_layout in msg and str(path) in msg
     assert "audio_model.conv1.conv.0.weight (32, 16, 1, 1) != (256, 128, 1, 1)" in msg, msg
 
 
@@ -136,7 +137,7 @@ def test_missing_and_unexpected_keys_are_named(filled, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as info:
         load_model("ultralight_hubert", path)
     msg = str(info.value)
-    assert SPECS["ultralight_hubert"].expected_file in msg
+    assert lipsync_model("ultralight_hubert").checkpoint_layout in msg
     assert "1 missing, first ['outc.conv.bias']" in msg, msg
     assert "1 unexpected, first ['outc.conv.extra']" in msg, msg
 
@@ -145,5 +146,5 @@ def test_missing_file_names_the_expected_checkpoint(tmp_path: Path) -> None:
     path = tmp_path / "nope" / "ultralight.pth"
     with pytest.raises(CheckpointError, match="checkpoint not found") as info:
         load_model("ultralight_hubert", path)
-    assert SPECS["ultralight_hubert"].expected_file in str(info.value)
+    assert lipsync_model("ultralight_hubert").checkpoint_layout in str(info.value)
     assert str(path) in str(info.value)

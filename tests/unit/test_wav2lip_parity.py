@@ -1,9 +1,10 @@
 """Parity of ``deployments.avatar.models.wav2lip`` with upstream Wav2Lip (96) and LiveTalking (256).
 
-Goldens: ``shared/parity/wav2lip{96,256}.{npz,json}`` (README §2–§4.2), made by running the
-upstream classes with every weight filled by ``weights_rule.py``. The weights go through the real
+Goldens: ``tests/parity/wav2lip{96,256}.{npz,json}`` (kit README §2–§4.2), made by running the
+upstream classes with every weight filled by the kit's fill rule
+(``tests/parity/fill_rule.py``). The weights go through the real
 loader (``load_model``) in the published checkpoint layout, so key names, the ``module.`` prefix
-and the strict load are covered along with the numerics. Set ``PARITY_DIR`` to use a kit elsewhere.
+and the strict load are covered along with the numerics.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import numpy as np
 import pytest
 import torch
 
-from deployments.avatar.models import SPECS, CheckpointError, build_model, load_model
+from deployments.avatar.models import build_model, load_model
+from deployments.common.errors import CheckpointError
+from deployments.common.models import lipsync_model
 
 pytestmark = pytest.mark.unit
 
@@ -158,7 +161,7 @@ def test_wrong_checkpoint_names_expected_file_and_keys(
     with pytest.raises(CheckpointError) as info:
         load_model(target, src.checkpoint("module_prefix"))
     msg = str(info.value)
-    assert SPECS[target].expected_file in msg and f"{kind}, first" in msg and first in msg, msg
+    assert lipsync_model(target).checkpoint_layout in msg and f"{kind}, first" in msg and first in msg, msg
 
 
 def test_missing_checkpoint_names_expected_file(tmp_path: Path) -> None:
@@ -166,4 +169,4 @@ def test_missing_checkpoint_names_expected_file(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError) as info:
         load_model("wav2lip256", path)
     msg = str(info.value)
-    assert SPECS["wav2lip256"].expected_file in msg and str(path) in msg, msg
+    assert lipsync_model("wav2lip256").checkpoint_layout in msg and str(path) in msg, msg

@@ -15,16 +15,14 @@ import torch
 
 from deployments.asr.whisper_features import (
     LEFT_CONTEXT_ROWS,
-    LEFT_CONTEXT_SAMPLES,
     MIN_RIGHT_CONTEXT_SAMPLES,
-    RIGHT_CONTEXT_SAMPLES,
     WHISPER_REPO,
     WhisperFeatureEngine,
     n_rows_for,
-    pcm_samples_for,
     prompt_rows,
 )
 from deployments.avatar.models import CheckpointError
+from deployments.common.features import LEFT_CONTEXT_SAMPLES, RIGHT_CONTEXT_SAMPLES, pcm_samples_for
 
 pytestmark = pytest.mark.unit
 

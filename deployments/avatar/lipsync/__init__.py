@@ -5,7 +5,8 @@
     ultralight_hubert   Ultralight-Digital-Human, HuBERT windows (B, 16, 32, 32)
     musetalk            MuseTalk v1.5 on the avatar's VAE latents, whisper prompts (B, 50, 384)
 
-The torch engines (and torch itself) are imported on first use.
+Which engine serves which model is `deployments.common.models`; the torch engines (and torch
+itself) are imported on first use.
 """
 
 from __future__ import annotations
@@ -13,18 +14,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from deployments.avatar.lipsync.base import (
-    ENGINES,
-    FEATURE_SHAPES,
-    MODELS,
-    EngineSpec,
-    FeatureKind,
-    LipSyncEngine,
-    ParametricEngine,
-    engine_spec,
-    feature_kind,
-    make_engine,
-)
+from deployments.avatar.lipsync.base import LipSyncEngine, ParametricEngine, make_engine
 
 _LAZY = {
     "TorchLipSyncEngine": "_torch",
@@ -35,19 +25,12 @@ _LAZY = {
 }
 
 __all__ = [  # the torch engines and limit_gpu_memory load on first use (__getattr__)
-    "ENGINES",
-    "FEATURE_SHAPES",
-    "MODELS",
-    "EngineSpec",
-    "FeatureKind",
     "LipSyncEngine",
     "MuseTalkEngine",
     "ParametricEngine",
     "TorchLipSyncEngine",
     "UltralightEngine",
     "Wav2LipEngine",
-    "engine_spec",
-    "feature_kind",
     "limit_gpu_memory",
     "make_engine",
 ]

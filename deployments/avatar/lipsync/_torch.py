@@ -21,7 +21,9 @@ import torch
 from torch import nn
 
 from deployments.avatar.lipsync.base import LipSyncEngine
-from deployments.avatar.models import SPECS, CheckpointError, load_model
+from deployments.avatar.models import load_model
+from deployments.common.errors import CheckpointError
+from deployments.common.models import lipsync_model
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,10 @@ def shared_network(model: str, checkpoint: str | Path, device: torch.device, dty
     """`load_model(model, checkpoint, device)` in `dtype`, or the copy another engine already holds.
 
     Args:
+        model: The network's name in the model registry (or a key of its own, e.g. "sd-vae").
+        checkpoint: Its weights file (or folder): part of the sharing key with its mtime and size.
+        device: Torch device.
+        dtype: Torch dtype.
         load: Builds the network on `device` in `dtype` instead of `load_model` (e.g. a VAE).
 
     Raises:
@@ -97,7 +103,7 @@ class TorchLipSyncEngine(LipSyncEngine):
                  device: str = "cpu", fp16: bool = False) -> None:
         if checkpoint is None:
             raise CheckpointError(f"lip-sync model {model!r} needs a checkpoint: "
-                                  f"{SPECS[model].expected_file} (see models/README.md)")
+                                  f"{lipsync_model(model).checkpoint_layout} (see models/README.md)")
         self.model, self.model_size, self.face_size = model, int(model_size), int(face_size)
         self.device = torch.device(device)
         half = fp16 and self.device.type == "cuda"

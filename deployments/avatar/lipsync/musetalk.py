@@ -26,7 +26,6 @@ from deployments.avatar.lipsync._torch import (
     resize_batch,
     shared_network,
 )
-from deployments.avatar.lipsync.base import FeatureKind
 from deployments.avatar.models.vae import (
     FACE_SIZE,
     UNET_LATENT_SHAPE,
@@ -57,8 +56,6 @@ class MuseTalkEngine(TorchLipSyncEngine):
         ValueError: Not "musetalk".
         CheckpointError: Missing UNet or VAE, or one that does not fit.
     """
-
-    feature_kind: FeatureKind = "whisper"
 
     def __init__(self, model: str = "musetalk", *, checkpoint: str | None, face_size: int,
                  device: str = "cpu", fp16: bool = False, vae_dir: str | Path | None = None) -> None:

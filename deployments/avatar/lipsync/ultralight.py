@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from deployments.avatar.lipsync._torch import TorchLipSyncEngine, resize_batch
-from deployments.avatar.lipsync.base import FeatureKind, engine_spec
+from deployments.common.models import lipsync_model
 
 ULTRALIGHT_MODELS = ("ultralight_hubert",)  # LiveTalking only ever uses hubert
 CROP_SIZE = 168  # the landmark box is resized to this ...
@@ -44,13 +44,11 @@ class UltralightEngine(TorchLipSyncEngine):
         CheckpointError: Missing checkpoint, or one that does not fit.
     """
 
-    feature_kind: FeatureKind = "hubert"
-
     def __init__(self, model: str = "ultralight_hubert", *, checkpoint: str | None, face_size: int,
                  device: str = "cpu", fp16: bool = False) -> None:
         if model not in ULTRALIGHT_MODELS:
             raise ValueError(f"{model!r} is not an Ultralight model ({', '.join(ULTRALIGHT_MODELS)})")
-        assert engine_spec(model).native_face_size == CROP_SIZE
+        assert lipsync_model(model).native_face_size == CROP_SIZE
         super().__init__(model, checkpoint=checkpoint, model_size=NET_SIZE, face_size=face_size,
                          device=device, fp16=fp16)
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from deployments.avatar.lipsync._torch import TorchLipSyncEngine, resize_batch
-from deployments.avatar.lipsync.base import FeatureKind, engine_spec
+from deployments.common.models import lipsync_model
 
 WAV2LIP_MODELS = ("wav2lip96", "wav2lip256")
 
@@ -38,13 +38,11 @@ class Wav2LipEngine(TorchLipSyncEngine):
         CheckpointError: Missing checkpoint, or one that does not fit `model`.
     """
 
-    feature_kind: FeatureKind = "mel"
-
     def __init__(self, model: str = "wav2lip256", *, checkpoint: str | None, face_size: int,
                  device: str = "cpu", fp16: bool = False) -> None:
         if model not in WAV2LIP_MODELS:
             raise ValueError(f"{model!r} is not a Wav2Lip model ({', '.join(WAV2LIP_MODELS)})")
-        size = engine_spec(model).native_face_size
+        size = lipsync_model(model).native_face_size
         assert size is not None  # every network has one
         super().__init__(model, checkpoint=checkpoint, model_size=size, face_size=face_size,
                          device=device, fp16=fp16)

@@ -8,17 +8,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deployments.common.errors import AvatarError
+from deployments.common.errors import CheckpointError
 
 WRAPPER_KEYS = ("state_dict", "model")  # Wav2Lip's save_checkpoint; Ultralight's head train.py
 DATAPARALLEL_PREFIX = "module."
 KEYS_SHOWN = 5
-
-
-class CheckpointError(AvatarError):
-    """A checkpoint that is missing, unreadable or does not fit the network."""
-
-    status = 500
 
 
 def read_state_dict(path: str | Path, *, expected: str) -> dict[str, torch.Tensor]:

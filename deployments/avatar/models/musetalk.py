@@ -22,7 +22,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch import nn
 
-from deployments.avatar.models._checkpoint import CheckpointError
+from deployments.common.errors import CheckpointError
 
 __all__ = ["MUSETALK_V15_UNET_CONFIG", "MuseTalkUNet", "PositionalEncoding"]
 

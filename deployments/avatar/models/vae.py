@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL
 
-from deployments.avatar.models._checkpoint import CheckpointError
+from deployments.common.errors import CheckpointError
 
 DEFAULT_VAE_DIR = "models/sd-vae-ft-mse"
 VAE_SOURCE = "HF repo stabilityai/sd-vae-ft-mse: config.json + diffusion_pytorch_model.safetensors (or .bin)"

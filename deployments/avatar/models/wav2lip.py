@@ -13,7 +13,7 @@ names and shapes, same layer order) and reproduce the upstream numerics:
 Both take ``forward(audio, face)``: audio (B,1,80,16) mel windows, face (B,6,S,S) = [lower-half
 masked crop, reference crop] / 255, giving (B,3,S,S) in [0, 1]. The 256 model has one more
 stride-2 level on each side, a 4×4 bottleneck kernel (4×4 → 1×1) and an ``a_alpha`` audio gain.
-Checked against ``shared/parity/wav2lip{96,256}.{json,npz}`` by tests/unit/test_wav2lip_parity.py.
+Checked against ``tests/parity/wav2lip{96,256}.{json,npz}`` by tests/unit/test_wav2lip_parity.py.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ buffer; :class:`StreamingMelASR` adds LiveTalking's chunk bookkeeping around it.
 from __future__ import annotations
 
 from collections import deque
-from numbers import Integral
 
 import numpy as np
 
@@ -21,75 +20,15 @@ from deployments.asr.mel import (
     n_mel_frames,
     slice_windows,
 )
-from deployments.common.timing import (
-    AUDIO_CHUNK_SAMPLES,
-    CHUNKS_PER_FRAME,
-    FPS,
-    SAMPLES_PER_FRAME,
-)
+from deployments.common.features import LEFT_CONTEXT_CHUNKS, RIGHT_CONTEXT_CHUNKS, check_pcm
+from deployments.common.timing import AUDIO_CHUNK_SAMPLES, CHUNKS_PER_FRAME, FPS
 
-LEFT_CONTEXT_CHUNKS = 10  # LiveTalking ``l``: 200 ms of past audio before the first frame
-RIGHT_CONTEXT_CHUNKS = 10  # LiveTalking ``r``: 200 ms of look-ahead, paid as latency
-LEFT_CONTEXT_SAMPLES = LEFT_CONTEXT_CHUNKS * AUDIO_CHUNK_SAMPLES  # 3200
-RIGHT_CONTEXT_SAMPLES = RIGHT_CONTEXT_CHUNKS * AUDIO_CHUNK_SAMPLES  # 3200
 DEFAULT_BATCH_FRAMES = 16  # LiveTalking ``--batch_size``: video frames per step
 
 # Mel column where frame 0's own audio starts: max(0, l * 80 / 50) = 16.0. A float on purpose:
 # upstream truncates ``left + i * 3.2`` in double precision, and so must we to match it.
 _LEFT_MEL_COLUMN = max(0.0, LEFT_CONTEXT_CHUNKS * MEL_FRAMES_PER_S / (FPS * CHUNKS_PER_FRAME))
 _MEL_COLUMNS_PER_FRAME = MEL_FRAMES_PER_S / FPS  # 3.2
-
-
-def pcm_samples_for(n_frames: int) -> int:
-    """Samples :func:`mel_frame_windows` needs for ``n_frames`` video frames (with context)."""
-    return LEFT_CONTEXT_SAMPLES + n_frames * SAMPLES_PER_FRAME + RIGHT_CONTEXT_SAMPLES
-
-
-def check_n_frames(n_frames: object) -> int:
-    """`n_frames` as an int, or ValueError unless it is a positive integer."""
-    if not isinstance(n_frames, Integral) or isinstance(n_frames, bool) or n_frames < 1:
-        raise ValueError(f"n_frames must be a positive integer, got {n_frames!r}")
-    return int(n_frames)
-
-
-def check_pcm_array(pcm: object) -> np.ndarray:
-    """`pcm` itself if it is a 1-D floating numpy array, or ValueError saying what it is."""
-    if not isinstance(pcm, np.ndarray):
-        raise ValueError(f"pcm must be a numpy array, got {type(pcm).__name__}")
-    if pcm.ndim != 1 or not np.issubdtype(pcm.dtype, np.floating):
-        raise ValueError(
-            f"pcm must be a 1-D float array of 16 kHz samples, got {pcm.dtype} {pcm.shape}"
-        )
-    return pcm
-
-
-def check_finite(pcm: np.ndarray) -> None:
-    """ValueError if `pcm` holds NaN or infinite samples."""
-    if not np.isfinite(pcm).all():
-        raise ValueError("pcm contains NaN or infinite samples")
-
-
-def check_pcm(pcm: object, n_frames: object) -> None:
-    """Validate a :func:`mel_frame_windows` request without computing anything.
-
-    Args:
-        pcm: Candidate audio buffer.
-        n_frames: Candidate frame count.
-
-    Raises:
-        ValueError: ``n_frames`` is not a positive integer, or ``pcm`` is not a finite 1-D
-            floating array of exactly ``pcm_samples_for(n_frames)`` samples.
-    """
-    n_frames = check_n_frames(n_frames)
-    pcm = check_pcm_array(pcm)
-    expected = pcm_samples_for(n_frames)
-    if pcm.shape[0] != expected:
-        raise ValueError(
-            f"pcm for {n_frames} frames must hold {LEFT_CONTEXT_SAMPLES} + {n_frames} *"
-            f" {SAMPLES_PER_FRAME} + {RIGHT_CONTEXT_SAMPLES} = {expected} samples"
-            f" (left context, frames, right context), got {pcm.shape[0]}"
-        )
-    check_finite(pcm)
 
 
 def stream_window_starts(n_frames: int, n_frames_mel: int) -> np.ndarray:
@@ -111,17 +50,16 @@ def mel_frame_windows(pcm: np.ndarray, n_frames: int) -> np.ndarray:
     """One Wav2Lip mel window per video frame, exactly as LiveTalking ``MelASR.run_step``.
 
     Args:
-        pcm: 16 kHz mono float samples: ``LEFT_CONTEXT_SAMPLES`` of past audio, then
-            ``n_frames * 640`` samples belonging to the frames, then
-            ``RIGHT_CONTEXT_SAMPLES`` of look-ahead. Never modified (it may be a read-only
-            Ray buffer).
+        pcm: 16 kHz mono float samples laid out as `common.features` says (left context, the
+            frames' ``n_frames * 640`` samples, right context). Never modified (it may be a
+            read-only Ray buffer).
         n_frames: Number of video frames (25 fps) the middle part covers.
 
     Returns:
         float32 array (n_frames, 80, 16); window i starts at frame i's own audio.
 
     Raises:
-        ValueError: See :func:`check_pcm`.
+        ValueError: See `common.features.check_pcm`.
     """
     check_pcm(pcm, n_frames)
     mel = melspectrogram(pcm)

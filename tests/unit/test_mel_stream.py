@@ -11,14 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from deployments.asr.features import (
-    LEFT_CONTEXT_SAMPLES,
-    RIGHT_CONTEXT_SAMPLES,
-    StreamingMelASR,
-    mel_frame_windows,
-    pcm_samples_for,
-    stream_window_starts,
-)
+from deployments.asr.mel_stream import StreamingMelASR, mel_frame_windows, stream_window_starts
+from deployments.common.features import LEFT_CONTEXT_SAMPLES, RIGHT_CONTEXT_SAMPLES, pcm_samples_for
 
 pytestmark = pytest.mark.unit
 
