@@ -40,6 +40,24 @@ class UnsupportedMedia(BadRequest):
     status = 415
 
 
+class Unauthorized(AvatarError):
+    """A missing or wrong API key or session token."""
+
+    status = 401
+
+
+class RequestTimeout(BadRequest):
+    """A client that sent its request body too slowly."""
+
+    status = 408
+
+
+class TooManyRequests(AvatarError):
+    """A per-session or per-client limit (queued speech, pending offers, failed lookups)."""
+
+    status = 429
+
+
 class SessionNotFound(AvatarError):
     """No such session on its owner replica (never existed or already closed)."""
 
