@@ -9,10 +9,11 @@ that reads environment variables.
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from ray.serve import Application
 
 from deployments.avatar.deployment import AvatarRenderer
@@ -87,11 +88,21 @@ def _feature_model_dir(cfg: AppArgs) -> str | None:
     return _anchor(path) if path is not None else None
 
 
+# env var -> `args.api` field; the env wins, so secrets need not be written into the config
+API_SECRETS_ENV = {"AVATAR_SESSION_SECRET": "session_secret", "AVATAR_API_KEY": "api_key"}
+
+
 def build(args: dict[str, Any] | None = None) -> Application:
     """Validate `args` and bind the graph (the `serve run` entry point)."""
     args = dict(args or {})
     if os.environ.get("ICE_HOST_ADDRESSES"):
         args["ice_host_addresses"] = os.environ["ICE_HOST_ADDRESSES"]
+    api = dict(args.get("api") or {})
+    for env, field in API_SECRETS_ENV.items():
+        if os.environ.get(env):
+            api[field] = os.environ[env]
+    if api:
+        args["api"] = api
     return bind_graph(AppArgs(**args))
 
 
@@ -110,4 +121,16 @@ def bind_graph(cfg: AppArgs, *, host_replicas: int | None = None) -> Application
     host_settings = HostSettings(**cfg.model_dump(include=set(HostSettings.model_fields)))
     host_deployment = SessionHost if host_replicas is None else SessionHost.options(num_replicas=host_replicas)
     host = host_deployment.bind(tts, renderer, settings=host_settings.model_dump())
-    return Api.bind(host, settings=cfg.api.model_dump())
+    return Api.bind(host, settings=_with_session_secret(cfg.api).model_dump())
+
+
+def _with_session_secret(api: ApiSettings) -> ApiSettings:
+    """`api` with a session secret: the configured one, else a new one for this deploy.
+
+    Bound here, once, so every Api replica of the deploy signs and checks tokens with the same
+    key; a generated one changes with each deploy (set `api.session_secret` or env
+    AVATAR_SESSION_SECRET to keep tokens valid across redeploys).
+    """
+    if api.session_secret is not None:
+        return api
+    return api.model_copy(update={"session_secret": SecretStr(secrets.token_hex(32))})

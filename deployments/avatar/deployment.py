@@ -68,7 +68,11 @@ def _resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=32)
+# Probed every second (Serve's default is 10 s), so a dead replica is replaced within ~1 s plus
+# its start-up. A real model on a CPU replica may hold the event loop for a batch: a generous
+# timeout (3 misses in a row mark it unhealthy) keeps slow batches from being taken for a hang.
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=32,
+                  health_check_period_s=1, health_check_timeout_s=10)
 class AvatarRenderer:
     """Renders face crops of cached avatars from each chunk's speech.
 

@@ -14,7 +14,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from deployments.common.errors import PayloadTooLarge, UnsupportedMedia
+from deployments.common.errors import BadRequest, PayloadTooLarge, UnsupportedMedia
 from deployments.common.timing import SAMPLE_RATE
 
 DEFAULT_MAX_UPLOAD_S = 120.0  # seconds of audio accepted from one upload
@@ -164,6 +164,7 @@ def decode_audio(data: bytes, *, max_seconds: float = DEFAULT_MAX_UPLOAD_S) -> n
     Raises:
         UnsupportedMedia: `data` is empty or not decodable audio.
         PayloadTooLarge: The audio is longer than `max_seconds`.
+        BadRequest: The audio holds NaN or infinite samples (a float WAV can).
     """
     if not data:
         raise UnsupportedMedia("the upload is empty (expected wav, mp3, ogg or flac audio)")
@@ -171,10 +172,19 @@ def decode_audio(data: bytes, *, max_seconds: float = DEFAULT_MAX_UPLOAD_S) -> n
         pcm, sr = _decode_soundfile(data, max_seconds)
     except sf.LibsndfileError:
         # libsndfile does not know the format (mp3 on older builds, m4a, ...): ask FFmpeg
-        return _decode_av(data, max_seconds)
+        return _check_finite(_decode_av(data, max_seconds))
     if pcm.size == 0:
         raise UnsupportedMedia("the upload holds no audio samples")
-    return resample(pcm, sr, SAMPLE_RATE)
+    return resample(_check_finite(pcm), sr, SAMPLE_RATE)
+
+
+def _check_finite(pcm: np.ndarray) -> np.ndarray:
+    """`pcm` if every sample is finite: NaN would pass the float clip and poison every feature
+    window, mel and lip-sync crop computed from it downstream.
+    """
+    if not np.isfinite(pcm).all():
+        raise BadRequest("the audio holds NaN or infinite samples")
+    return pcm
 
 
 def _too_long(seconds: float, max_seconds: float) -> PayloadTooLarge:

@@ -12,18 +12,24 @@ take a session or the server down.
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 
 from deployments.common.audio import decode_audio
 from deployments.common.errors import AvatarError, BadRequest, NotConfigured
 from deployments.common.logs import adopt_serve_logging
+from deployments.rtc import host_calls
+from deployments.rtc.auth import API_KEY_HEADER, TOKEN_HEADER, ApiKeyGuard, check_session_token, session_token, token_of
+from deployments.rtc.lookup_limits import FailedLookups
 from deployments.rtc.requests import (
+    SESSION_HEADER,
     bool_field,
     check_offer_sdp,
     read_fields,
@@ -37,14 +43,25 @@ WEB_DIR = Path(__file__).parent / "web"
 app = FastAPI(title="Talking avatar", docs_url="/docs")
 
 
+MIN_SECRET_CHARS = 16
+
+
 class ApiSettings(BaseModel):
-    """Input limits of the HTTP API."""
+    """Input limits and access control of the HTTP API (`args.api` in the config)."""
 
     max_text_chars: int = Field(2000, ge=1)
     max_json_bytes: int = Field(64 * 1024, ge=1024)
     max_sdp_bytes: int = Field(64 * 1024, ge=1024)
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     max_upload_seconds: float = Field(120.0, gt=0)
+    body_timeout_s: float = Field(10.0, gt=0)  # a JSON body must be in by then, else 408
+    upload_timeout_s: float = Field(60.0, gt=0)  # the same for /humanaudio (10 MiB in 60 s: 1.4 Mbit/s)
+    # HMAC key of the session tokens; None = one generated per deploy by serve_app (all replicas share it)
+    session_secret: SecretStr | None = Field(None, min_length=MIN_SECRET_CHARS)
+    require_session_token: bool = False  # True: session calls without their session's token get 401
+    api_key: SecretStr | None = Field(None, min_length=MIN_SECRET_CHARS)  # None = no key needed
+    cors_origins: list[str] = Field(default_factory=lambda: ["*"])  # [] = no CORS headers
+    max_failed_lookups_per_minute: int = Field(30, ge=1)  # 404/410 answers per client before 429s
 
 
 def ok(**data) -> JSONResponse:
@@ -62,6 +79,9 @@ def error_response(exc: Exception) -> JSONResponse:
         cause = exc if isinstance(exc, AvatarError) else None
     if cause is not None:
         return JSONResponse({"code": -1, "msg": cause.msg}, status_code=cause.status)
+    if host_calls.is_replica_death(exc):  # a call not wrapped by host_calls: still no traceback
+        log.warning("a session host replica died under a call: %s", type(exc).__name__)
+        return JSONResponse({"code": -1, "msg": host_calls.NO_HOST}, status_code=503)
     log.exception("internal error: %s", exc)
     return JSONResponse({"code": -1, "msg": f"internal error: {type(exc).__name__}"}, status_code=500)
 
@@ -82,7 +102,22 @@ async def _on_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(exc)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=200)
+# Module names the routes use are defined above `Api`: serve.ingress pickles the app (routes and
+# the globals they name) when the class is decorated; a name defined after it is missing in replicas.
+def client_of(request: Request) -> str:
+    """The client's address as Serve's proxy saw it.
+
+    Its uvicorn takes the address from X-Forwarded-For only when the connection comes from
+    FORWARDED_ALLOW_IPS (127.0.0.1 by default): a reverse proxy on the same host.
+    """
+    return request.client.host if request.client else ""
+
+
+CORS_HEADERS = ["content-type", "authorization", API_KEY_HEADER, TOKEN_HEADER, SESSION_HEADER]
+
+
+# A request whose body drips in holds its slot until `body_timeout_s`: room for many of them.
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 @serve.ingress(app)
 class Api:
     """HTTP endpoints and the web page."""
@@ -91,9 +126,39 @@ class Api:
         adopt_serve_logging()
         self._host = host
         self.settings = ApiSettings(**(settings or {}))
+        if self.settings.session_secret is None:
+            raise ValueError("ApiSettings.session_secret is required: serve_app.bind_graph generates one per deploy")
+        self._secret = self.settings.session_secret.get_secret_value()
+        self._lookups = FailedLookups(self.settings.max_failed_lookups_per_minute)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        """This replica's app with the deploy's middleware (Serve calls it once, after __init__).
+
+        `serve.ingress` gives each replica its own copy of the module's `app`, so the per-deploy
+        middleware goes on that copy, here, before its first request builds the middleware stack.
+        Starlette runs the last added outermost: CORS answers preflights (which carry no key)
+        and puts its headers on the 401s too, so a page elsewhere can read them.
+        """
+        replica_app = self.app  # serve.ingress's ASGIAppReplicaWrapper.app
+        if self.settings.api_key is not None:
+            replica_app.add_middleware(ApiKeyGuard, api_key=self.settings.api_key.get_secret_value())
+        if self.settings.cors_origins:
+            replica_app.add_middleware(CORSMiddleware, allow_origins=self.settings.cors_origins,
+                                       allow_methods=["GET", "POST"], allow_headers=CORS_HEADERS)
+        return replica_app
 
     def _for(self, session_id: str) -> DeploymentHandle:
         return self._host.options(session_id=session_id)
+
+    def _session_of(self, request: Request, fields: dict[str, Any]) -> str:
+        """The session id of a call, checked against its token when tokens are required."""
+        sid = session_id_of(request, fields)
+        if self.settings.require_session_token:
+            check_session_token(self._secret, sid, token_of(request, fields))
+        return sid
+
+    async def _json_fields(self, request: Request) -> dict[str, Any]:
+        return await read_fields(request, self.settings.max_json_bytes, timeout_s=self.settings.body_timeout_s)
 
     @app.get("/")
     async def index(self) -> FileResponse:
@@ -109,57 +174,67 @@ class Api:
 
     @app.post("/offer")
     async def offer(self, request: Request) -> JSONResponse:
-        fields = await read_fields(request, self.settings.max_sdp_bytes)
+        fields = await read_fields(request, self.settings.max_sdp_bytes, timeout_s=self.settings.body_timeout_s)
         sdp = check_offer_sdp(fields.get("sdp"))
         if fields.get("type") != "offer":
             raise BadRequest("'type' must be 'offer'")
-        answer = await self._host.offer.remote(sdp, "offer")
-        return JSONResponse(answer)
+        client = client_of(request)
+        answer = await host_calls.offer_call(lambda: self._host.offer.remote(sdp, "offer", client=client))
+        # LiveTalking's fields plus the session's token (required of later calls when configured).
+        return JSONResponse({**answer, "token": session_token(self._secret, str(answer["sessionid"]))})
+
+    # Session calls: a client over its budget of failed lookups is refused before its body is
+    # read, and each of its 404/410 answers counts (FailedLookups.guard).
 
     @app.post("/human")
     async def human(self, request: Request) -> JSONResponse:
-        fields = await read_fields(request, self.settings.max_json_bytes)
-        sid = session_id_of(request, fields)
-        kind = fields.get("type", "echo")
-        if kind not in ("echo", "chat"):
-            raise BadRequest("'type' must be 'echo' or 'chat'")
-        text = text_field(fields, "text", self.settings.max_text_chars)
-        interrupt = bool_field(fields, "interrupt")
-        if kind == "chat":
-            raise NotConfigured("chat is not configured: no LLM is set up on this server (use type 'echo')")
-        await self._for(sid).human.remote(sid, text, interrupt)
+        with self._lookups.guard(client_of(request)):
+            fields = await self._json_fields(request)
+            sid = self._session_of(request, fields)
+            kind = fields.get("type", "echo")
+            if kind not in ("echo", "chat"):
+                raise BadRequest("'type' must be 'echo' or 'chat'")
+            text = text_field(fields, "text", self.settings.max_text_chars)
+            interrupt = bool_field(fields, "interrupt")
+            if kind == "chat":
+                raise NotConfigured("chat is not configured: no LLM is set up on this server (use type 'echo')")
+            await host_calls.session_call(sid, self._for(sid).human.remote(sid, text, interrupt))
         return ok()
 
     @app.post("/humanaudio")
     async def human_audio(self, request: Request) -> JSONResponse:
-        data, fields = await read_upload(request, self.settings.max_upload_bytes)
-        sid = session_id_of(request, fields)
-        # Decoding and resampling take up to ~0.3 s: keep them off the event loop.
-        pcm = await asyncio.to_thread(decode_audio, data, max_seconds=self.settings.max_upload_seconds)
-        result = await self._for(sid).human_audio.remote(sid, pcm, bool_field(fields, "interrupt"))
+        with self._lookups.guard(client_of(request)):
+            data, fields = await read_upload(request, self.settings.max_upload_bytes,
+                                             timeout_s=self.settings.upload_timeout_s)
+            sid = self._session_of(request, fields)
+            # Decoding and resampling take up to ~0.3 s: keep them off the event loop.
+            pcm = await asyncio.to_thread(decode_audio, data, max_seconds=self.settings.max_upload_seconds)
+            result = await host_calls.session_call(
+                sid, self._for(sid).human_audio.remote(sid, pcm, bool_field(fields, "interrupt")))
         return ok(**result)
 
     @app.post("/interrupt_talk")
     async def interrupt_talk(self, request: Request) -> JSONResponse:
-        fields = await read_fields(request, self.settings.max_json_bytes)
-        sid = session_id_of(request, fields)
-        await self._for(sid).interrupt.remote(sid)
+        with self._lookups.guard(client_of(request)):
+            sid = self._session_of(request, await self._json_fields(request))
+            await host_calls.session_call(sid, self._for(sid).interrupt.remote(sid))
         return ok()
 
     @app.post("/is_speaking")
     async def is_speaking(self, request: Request) -> JSONResponse:
-        fields = await read_fields(request, self.settings.max_json_bytes)
-        sid = session_id_of(request, fields)
-        return ok(data=await self._for(sid).is_speaking.remote(sid))
+        with self._lookups.guard(client_of(request)):
+            sid = self._session_of(request, await self._json_fields(request))
+            return ok(data=await host_calls.session_call(sid, self._for(sid).is_speaking.remote(sid)))
 
     @app.post("/close")
     async def close(self, request: Request) -> JSONResponse:
-        fields = await read_fields(request, self.settings.max_json_bytes)
-        sid = session_id_of(request, fields)
-        await self._for(sid).close_session.remote(sid)
+        with self._lookups.guard(client_of(request)):
+            sid = self._session_of(request, await self._json_fields(request))
+            await host_calls.session_call(sid, self._for(sid).close_session.remote(sid))
         return ok()
 
     @app.get("/sessions/{sessionid}")
     async def session_stats(self, sessionid: str, request: Request) -> JSONResponse:
-        sid = session_id_of(request, {"sessionid": sessionid})
-        return ok(data=await self._for(sid).session_stats.remote(sid))
+        with self._lookups.guard(client_of(request)):
+            sid = self._session_of(request, {"sessionid": sessionid})
+            return ok(data=await host_calls.session_call(sid, self._for(sid).session_stats.remote(sid)))

@@ -10,20 +10,24 @@ replaces queued idle slots so it plays at once; an interrupt drops everything no
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from deployments.avatar.assets import mirror_index
 from deployments.avatar.types import RenderRequest, RenderResult
 from deployments.common.audio import to_int16
+from deployments.common.errors import TooManyRequests
 from deployments.common.features import LEFT_CONTEXT_SAMPLES, RIGHT_CONTEXT_SAMPLES
 from deployments.common.logs import SessionLog
-from deployments.common.timing import SAMPLES_PER_FRAME
+from deployments.common.timing import SAMPLE_RATE, SAMPLES_PER_FRAME
 from deployments.rtc.timeline import FRAME_S, MediaClock, MediaItem, MediaTimeline
 from deployments.rtc.utterance import Utterance
 
@@ -33,7 +37,12 @@ RenderFn = Callable[[RenderRequest], Awaitable[RenderResult]]
 SpeechFn = Callable[[str], AsyncIterator[np.ndarray]]
 PasteFn = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 ObserveFn = Callable[[str, float], None]  # (stage, seconds): per-stage latency for metrics
+T = TypeVar("T")
 SPEECH_RMS_FLOOR = 1e-4  # below this a chunk is silence: no features, no render
+# Deadlines are media-clock times (tests move that clock by hand): a waiting call re-reads the
+# clock at least this often, so a deadline fires at most this late.
+DEADLINE_POLL_S = 0.05
+TTS_AHEAD = 2  # utterances synthesised at once: the one playing and the next (no gap between them)
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,16 @@ class ConductorConfig:
     # Audio the features need around a chunk (common.features: LiveTalking's 10 chunks each side).
     left_context_samples: int = LEFT_CONTEXT_SAMPLES
     right_context_samples: int = RIGHT_CONTEXT_SAMPLES
+    # Deadlines (docs/decisions.md): a render must answer by its chunk's first slot plus this;
+    # else it is cancelled and the chunk's audio plays over idle frames.
+    render_late_s: float = 1.0
+    tts_first_audio_s: float = 5.0  # from asking TTS to the utterance's first audio
+    tts_stall_s: float = 5.0  # a later piece: from the moment playback ran out of this utterance's audio
+    tts_lead_s: float = 4.0  # unplayed speech buffered per utterance before TTS is asked for more
+    # Per-session queue caps: past them say()/play() raise TooManyRequests (429).
+    max_queued_utterances: int = 8
+    max_queued_chars: int = 4000
+    max_queued_audio_s: float = 240.0
 
 
 class Conductor:
@@ -75,7 +94,7 @@ class Conductor:
         self._observe = observe or (lambda stage, seconds: None)
         self.turn = 0
         self._queue: deque[Utterance] = deque()
-        self._tts_tasks: set[asyncio.Task] = set()
+        self._tts_tasks: dict[Utterance, asyncio.Task] = {}
         self._wake = asyncio.Event()
         self._turn_over = asyncio.Event()  # set by interrupt(): in-flight calls of the old turn are abandoned
         self._cursor = 0  # next slot to produce
@@ -89,16 +108,24 @@ class Conductor:
 
     # ---- control -------------------------------------------------------------------------
     def say(self, text: str) -> Utterance:
-        """Queue `text` as a new utterance in the current turn; TTS streams into it."""
+        """Queue `text` as a new utterance in the current turn; TTS streams into it when its turn comes.
+
+        Raises:
+            TooManyRequests: the session's speech queue is full.
+        """
+        self._admit(chars=len(text), seconds=0.0)
         utt = Utterance(self.turn, text)
         self._queue.append(utt)
-        task = asyncio.create_task(self._synthesize(utt))
-        self._tts_tasks.add(task)
-        task.add_done_callback(self._tts_tasks.discard)
+        self._feed_tts()
         return utt
 
     def play(self, pcm: np.ndarray) -> Utterance:
-        """Queue ready 16 kHz speech (an upload) as a new utterance."""
+        """Queue ready 16 kHz speech (an upload) as a new utterance.
+
+        Raises:
+            TooManyRequests: the session's speech queue is full.
+        """
+        self._admit(chars=0, seconds=pcm.size / SAMPLE_RATE)
         utt = Utterance(self.turn)
         utt.append(pcm)
         utt.finish()
@@ -111,7 +138,7 @@ class Conductor:
         self.turn += 1
         self._turn_over.set()
         self._turn_over = asyncio.Event()
-        for task in list(self._tts_tasks):
+        for task in list(self._tts_tasks.values()):
             task.cancel()
         self._queue.clear()
         self._restart_from(self._clock.playing_slot() + 1)
@@ -121,34 +148,104 @@ class Conductor:
     def speaking(self) -> bool:
         return bool(self._queue) or self._timeline.has_speech_from(self._clock.playing_slot())
 
+    @property
+    def queued(self) -> dict:
+        """What the session's speech queue holds (utterances, characters of text, seconds of uploads)."""
+        waiting = [u for u in self._queue if not u.exhausted]
+        return {
+            "utterances": len(waiting),
+            "chars": sum(len(u.text) for u in waiting),
+            "audio_s": sum(u.remaining for u in waiting if not u.text) / SAMPLE_RATE,
+        }
+
     async def aclose(self) -> None:
         self._closed = True
         self.interrupt()
         if self._tts_tasks:
-            await asyncio.wait(list(self._tts_tasks), timeout=2.0)
+            await asyncio.wait(list(self._tts_tasks.values()), timeout=2.0)
 
-    # ---- production ----------------------------------------------------------------------
+    def _admit(self, *, chars: int, seconds: float) -> None:
+        """Refuse speech past the queue caps: one client cannot queue unbounded work (an interrupt empties it)."""
+        cfg, queued = self.config, self.queued
+        if queued["utterances"] + 1 > cfg.max_queued_utterances:
+            raise TooManyRequests(f"speech queue full: {queued['utterances']} utterances queued "
+                                  f"(max {cfg.max_queued_utterances}); wait, or interrupt")
+        if queued["chars"] + chars > cfg.max_queued_chars:
+            raise TooManyRequests(f"speech queue full: {queued['chars']} characters of text queued "
+                                  f"(max {cfg.max_queued_chars}); wait, or interrupt")
+        if queued["audio_s"] + seconds > cfg.max_queued_audio_s:
+            raise TooManyRequests(f"speech queue full: {queued['audio_s']:.0f} s of uploaded audio queued "
+                                  f"(max {cfg.max_queued_audio_s:g} s); wait, or interrupt")
+
+    # ---- text to speech ------------------------------------------------------------------
+    def _feed_tts(self) -> None:
+        """Synthesise only the utterance playing and the next one: queued text costs no TTS yet."""
+        for utt in list(self._queue)[:TTS_AHEAD]:
+            if utt.text and not utt.ended and utt not in self._tts_tasks:
+                task = asyncio.create_task(self._synthesize(utt), name=f"tts-{utt.turn}")
+                self._tts_tasks[utt] = task
+                task.add_done_callback(lambda _, u=utt: self._tts_tasks.pop(u, None))
+
     async def _synthesize(self, utt: Utterance) -> None:
+        """Pull `utt`'s speech piece by piece, at most `tts_lead_s` ahead of playback, each piece by its deadline."""
         error = None
-        t0, first = time.perf_counter(), True
+        asked, t0 = self._clock.now(), time.perf_counter()
+        pieces = aiter(self._speech(utt.text))
         try:
-            async for pcm in self._speech(utt.text):
-                if utt.turn != self.turn:
-                    break
+            while utt.turn == self.turn:
+                await self._until_lead_below(utt)
+                first = utt.received == 0
+                pcm = await self._call(_next_or_none(pieces), functools.partial(self._piece_due, utt, asked, first))
+                if pcm is None or utt.turn != self.turn:
+                    break  # the text is spoken, or the turn is over
                 if first:
                     self._observe("tts_first_audio", time.perf_counter() - t0)
-                    first = False
                 utt.append(pcm)
                 self._wake.set()
         except asyncio.CancelledError:
             error = "cancelled"
             raise
+        except TimeoutError as exc:  # the utterance ends; the session goes on
+            error = self._stage_failed("tts", exc, utt.turn, what="timed out")
         except Exception as exc:  # surfaced to the session, never through the media loop
             error = self._stage_failed("tts", exc, utt.turn)
         finally:
             utt.finish(error)
             self._wake.set()
+            with contextlib.suppress(Exception):  # a generator cancelled mid-piece is closed already
+                await pieces.aclose()
 
+    async def _until_lead_below(self, utt: Utterance) -> None:
+        """Back-pressure on TTS: wait while `utt` holds `tts_lead_s` or more of speech not yet scheduled;
+        the next utterance, until it plays, only needs its first piece (so it starts without a gap).
+        """
+        while utt.remaining / SAMPLE_RATE >= (self.config.tts_lead_s if self._is_playing(utt) else 1e-9):
+            await asyncio.sleep(self.config.chunk_frames * FRAME_S)  # playback takes a chunk at a time
+
+    def _is_playing(self, utt: Utterance) -> bool:
+        return bool(self._queue) and self._queue[0] is utt
+
+    def _piece_due(self, utt: Utterance, asked: float, first: bool) -> float:
+        """Media time by which TTS must deliver `utt`'s next piece.
+
+        The first piece: `tts_first_audio_s` after asking. A later one: `tts_stall_s` after playback
+        has run out of this utterance's audio (no deadline while it is buffered or not yet playing).
+        """
+        if first:
+            return asked + self.config.tts_first_audio_s
+        dry = self._runs_dry_at(utt)
+        return (self._clock.now() if dry is None else dry) + self.config.tts_stall_s
+
+    def _runs_dry_at(self, utt: Utterance) -> float | None:
+        """Media time at which playback runs out of `utt`'s audio; None while `utt` is not the one playing."""
+        if not self._is_playing(utt) or utt.last_slot is None or self._clock.t0 is None:
+            return None
+        played_out = self._play_time(utt.last_slot + 1)
+        if utt.remaining > 0:
+            played_out = max(played_out, self._clock.now())
+        return played_out + utt.remaining / SAMPLE_RATE
+
+    # ---- production ----------------------------------------------------------------------
     def _restart_from(self, slot: int) -> None:
         """Drop queued slots from `slot` on and continue the idle motion from the last kept one."""
         slot = max(slot, 0)
@@ -181,6 +278,7 @@ class Conductor:
         # Finished utterances leave the queue: fully scheduled, or ended without audio (failed TTS).
         while self._queue and self._queue[0].exhausted:
             self._queue.popleft()
+            self._feed_tts()
         return self._queue[0] if self._queue else None
 
     async def _wait(self, timeout: float) -> None:
@@ -225,9 +323,10 @@ class Conductor:
             crops = None
         else:
             t0 = time.perf_counter()
+            due = self._play_time(start) + self.config.render_late_s
             try:
                 request = RenderRequest(self._avatar_id, tuple(indices), window)
-                result = await self._unless_interrupted(self._render(request))
+                result = await self._call(self._render(request), lambda: due)
                 crops = None if result is None else result.crops
             except Exception as exc:  # the chunk's audio still plays, over the avatar's own frames
                 crops = None
@@ -244,33 +343,58 @@ class Conductor:
             self._timeline.put(start + i, MediaItem(frame, audio[i], idx, turn, True))
         self._observe("paste", time.perf_counter() - t0)
         self._cursor = max(self._cursor, start + k)
+        utt.last_slot = start + k - 1
         self.rendered_chunks += 1
 
-    async def _unless_interrupted(self, call: Awaitable[RenderResult]) -> RenderResult | None:
-        """`await call`, or None as soon as the turn is interrupted (the call is then cancelled)."""
+    async def _call(self, call: Awaitable[T], due: Callable[[], float]) -> T | None:
+        """`await call` within its deadline: None as soon as the turn is interrupted, TimeoutError
+        once the media clock passes `due()` (re-read as it may move); either way the call is cancelled.
+        """
         task = asyncio.ensure_future(call)
         turn_over = asyncio.ensure_future(self._turn_over.wait())
         try:
-            await asyncio.wait({task, turn_over}, return_when=asyncio.FIRST_COMPLETED)
+            while not task.done() and not turn_over.done():
+                left = due() - self._clock.now()
+                if left <= 0:
+                    break
+                await asyncio.wait({task, turn_over}, timeout=min(left, DEADLINE_POLL_S),
+                                   return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:  # the conductor is closing: no call outlives it
             task.cancel()
             turn_over.cancel()
+            await asyncio.gather(task, turn_over, return_exceptions=True)
             raise
         turn_over.cancel()
-        if not task.done():  # interrupted: a render of the old turn is not waited for
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            return None
-        return task.result()
+        if task.done():
+            return task.result()
+        task.cancel()  # interrupted or late: its answer would come too late to be used
+        await asyncio.gather(task, return_exceptions=True)
+        if turn_over.done() and not turn_over.cancelled():
+            return None  # an interrupt abandons the call: not a failure
+        raise TimeoutError(f"missed its deadline ({self._clock.now() - due():.2f} s late)")
 
-    def _stage_failed(self, stage: str, exc: BaseException, turn: int) -> str:
+    def _play_time(self, slot: int) -> float:
+        """Media time at which `slot` plays; before the tracks start, as if they started now."""
+        if self._clock.t0 is None:
+            return self._clock.now() + max(slot, 0) * FRAME_S
+        return self._clock.t0 + slot * FRAME_S
+
+    def _stage_failed(self, stage: str, exc: BaseException, turn: int, what: str = "failed") -> str:
         """Count, log and keep a stage's failure for the session's stats; returns the message."""
-        error = f"{stage} failed: {exc}"
+        error = f"{stage} {what}: {exc}"
         self.errors.append(error)
         self.stage_errors[stage] += 1
-        self._log.warning("%s failed for turn %d: %s", stage, turn, exc)
+        self._log.warning("%s %s for turn %d: %s", stage, what, turn, exc)
         return error
 
     def _push_history(self, pcm: np.ndarray) -> None:
         joined = np.concatenate([self._history, pcm])
         self._history = joined[joined.size - self.config.left_context_samples :]
+
+
+async def _next_or_none(pieces: AsyncIterator[T]) -> T | None:
+    """The iterator's next item, or None at its end (StopAsyncIteration cannot cross a task)."""
+    try:
+        return await anext(pieces)
+    except StopAsyncIteration:
+        return None

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+from collections import Counter
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +24,12 @@ from deployments.common.errors import (
     Overloaded,
     SessionGone,
     SessionNotFound,
+    TooManyRequests,
 )
 from deployments.common.logs import SessionLog, adopt_serve_logging
+from deployments.rtc import host_registry
 from deployments.rtc.conductor import Conductor, ConductorConfig
+from deployments.rtc.host_registry import Owner
 from deployments.rtc.ice import configure_host_addresses, rtc_configuration
 from deployments.rtc.metrics import HostMetrics
 from deployments.rtc.session import Session, configure_video_bitrate
@@ -49,11 +55,30 @@ class HostSettings(BaseModel):
     # An offer that has not connected by then is dropped and frees its slot (aiortc never gives up
     # on an offer whose ICE does not complete, so replayed or candidate-less offers would pile up).
     connect_timeout_s: float = Field(30.0, gt=0, le=600)
+    # An offer from a client with this many sessions here that never reached "connected" gets 429:
+    # one client cannot hold every slot with offers it never completes.
+    max_pending_offers_per_client: int = Field(2, ge=1)
+    # Deadlines (docs/decisions.md "Deadlines from play time"): a render may answer this late after
+    # its chunk was due to play, else its audio plays over idle frames. Slow CPU models
+    # (MuseTalk, Ultralight on a CPU) take seconds per chunk: raise it for them.
+    render_late_s: float = Field(1.0, gt=0, le=3600)
+    tts_first_audio_s: float = Field(5.0, gt=0, le=600)  # TTS's first audio of an utterance
+    tts_stall_s: float = Field(5.0, gt=0, le=600)  # a later piece, once playback has caught up
+    tts_lead_s: float = Field(4.0, gt=0, le=60)  # unplayed speech buffered ahead per utterance
+    # Per-session speech queue; past it /human and /humanaudio get 429 (an interrupt empties it).
+    max_queued_utterances: int = Field(8, ge=1)
+    max_queued_chars: int = Field(4000, ge=1)
+    max_queued_audio_s: float = Field(240.0, gt=0)
 
 
 @serve.deployment(
     ray_actor_options={"num_cpus": 0},
     max_ongoing_requests=256,
+    # A dead replica is replaced once the controller's probe finds it: probe every second, not
+    # Serve's 10 s (a probe costs ~1 ms of CPU here and in the controller). The timeout only
+    # matters for a replica that hangs (3 misses in a row): aiortc's encoders may hold the loop.
+    health_check_period_s=1,
+    health_check_timeout_s=5,
     request_router_config=RequestRouterConfig(
         request_router_class="deployments.rtc.router:SessionAffinityRouter",
         request_routing_stats_period_s=1,
@@ -75,6 +100,7 @@ class SessionHost:
         self._warm_up_task: asyncio.Task | None = None
         self._pending = 0  # offers being negotiated count against max_sessions too
         self._reapers: set[asyncio.Task] = set()  # one per session until it connects
+        self._negotiating: Counter[str] = Counter()  # offers being answered, by client
         self._metrics = HostMetrics()
         configure_host_addresses(self.settings.ice_host_addresses)
         configure_video_bitrate(self.settings.video_bitrate_kbps)
@@ -86,15 +112,29 @@ class SessionHost:
         return {"sessions": len(self._sessions) + self._pending}
 
     async def check_health(self) -> None:
-        return None
+        """Serve's probe. The first one, as soon as the replica runs, registers its owner tag, so
+        that its sessions answer 410 rather than 404 once it has died (host_registry).
+        """
+        if not getattr(self, "_tag_registered", False):
+            try:
+                await asyncio.to_thread(host_registry.register_this_replica, self._tag)
+                self._tag_registered = True
+            except Exception as exc:  # the GCS is briefly unreachable: try again at the next probe,
+                log.warning("registering owner tag %s failed: %s", self._tag, exc)  # never fail it
 
     def _session(self, session_id: str) -> Session:
-        if tag_of(session_id) != self._tag:
-            raise SessionGone(f"session {session_id} is gone: its host replica no longer exists")
         session = self._sessions.get(session_id)
-        if session is None:
-            raise SessionNotFound(f"unknown session {session_id}")
-        return session
+        if session is not None:
+            return session
+        tag = tag_of(session_id)
+        if tag != self._tag:  # routed here because its owner is not a live replica
+            owner = host_registry.for_this_app().owner(tag)
+            if owner is Owner.DEAD:
+                raise SessionGone(f"session {session_id} is gone: its host replica died")
+            if owner is Owner.ALIVE:  # the caller's view of the replicas is behind (or it is stopping)
+                raise Overloaded(f"session {session_id} is not reachable right now: retry")
+        # A foreign tag no replica of this app had answers exactly like an unknown id on its host.
+        raise SessionNotFound(f"unknown session {session_id}")
 
     # ---- session lifecycle ---------------------------------------------------------------
     async def _warm_up(self) -> None:
@@ -109,21 +149,24 @@ class SessionHost:
         except Exception as exc:  # a real failure shows up again, with its context, when used
             log.warning("warm-up failed: %s", exc)
 
-    async def offer(self, sdp: str, sdp_type: str) -> dict:
+    async def offer(self, sdp: str, sdp_type: str, client: str = "") -> dict:
+        """Answer an SDP offer from `client` (its address; "" when unknown) with a new session."""
         if self._warm_up_task is None:
             self._warm_up_task = asyncio.create_task(self._warm_up())
         if len(self._sessions) + self._pending >= self.settings.max_sessions:
             raise Overloaded(f"this host is full ({self.settings.max_sessions} sessions): try again later")
+        self._check_pending_offers(client)
         self._pending += 1
+        self._negotiating[client] += 1
         try:
-            session = self._new_session()
+            session = self._new_session(client)
             try:
                 answer = await session.answer(sdp, sdp_type)
             except Exception:
                 await session.aclose()
                 raise
             self._sessions[session.id] = session
-            session.start()
+            session.start(on_failure=self._forget)
             reaper = asyncio.create_task(self._drop_unless_connected(session), name=f"reaper-{session.id}")
             self._reapers.add(reaper)
             reaper.add_done_callback(self._reapers.discard)
@@ -131,8 +174,30 @@ class SessionHost:
             return {"sdp": answer.sdp, "type": answer.type, "sessionid": session.id}
         finally:
             self._pending -= 1
+            self._negotiating[client] -= 1
+            if self._negotiating[client] <= 0:
+                del self._negotiating[client]
 
-    def _new_session(self) -> Session:
+    def _check_pending_offers(self, client: str) -> None:
+        """429 for a client that already has `max_pending_offers_per_client` sessions not yet connected."""
+        if not client:
+            return  # caller did not say who asked: only max_sessions applies
+        pending = self._negotiating[client] + sum(
+            1 for s in self._sessions.values() if s.client == client and not s.connected)
+        if pending >= self.settings.max_pending_offers_per_client:
+            raise TooManyRequests(f"too many pending offers from {client}: {pending} not yet connected "
+                                  f"(max {self.settings.max_pending_offers_per_client}); connect or close them first")
+
+    def _conductor_config(self) -> ConductorConfig:
+        s = self.settings
+        return ConductorConfig(
+            chunk_frames=s.chunk_frames, lead_chunks=s.lead_chunks, render_late_s=s.render_late_s,
+            tts_first_audio_s=s.tts_first_audio_s, tts_stall_s=s.tts_stall_s, tts_lead_s=s.tts_lead_s,
+            max_queued_utterances=s.max_queued_utterances, max_queued_chars=s.max_queued_chars,
+            max_queued_audio_s=s.max_queued_audio_s,
+        )
+
+    def _new_session(self, client: str = "") -> Session:
         session_id = new_session_id(self._replica_id)
         pc = RTCPeerConnection(rtc_configuration(self.settings.ice_servers))
         clock, timeline = MediaClock(), MediaTimeline()
@@ -143,21 +208,28 @@ class SessionHost:
             clock=clock,
             timeline=timeline,
             render=self._render,
-            speech=self._speech,
-            config=ConductorConfig(chunk_frames=self.settings.chunk_frames, lead_chunks=self.settings.lead_chunks),
+            speech=functools.partial(self._speech, session_id=session_id),
+            config=self._conductor_config(),
             observe=self._metrics.observe,
             session_id=session_id,
         )
         video = AvatarVideoTrack(clock, timeline, self._avatar.full_frames[0])
         audio = AvatarAudioTrack(clock, timeline)
-        session = Session(session_id, pc, conductor, clock, timeline, video, audio)
+        session = Session(session_id, pc, conductor, clock, timeline, video, audio, client=client)
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
+            if pc.connectionState == "connected":
+                session.connected = True
             if pc.connectionState in ("failed", "closed"):
                 await self._drop(session_id)
 
         return session
+
+    def _forget(self, session_id: str, reason: str) -> None:
+        """A session that closed itself (its conductor died) leaves the table: later calls get 404."""
+        if self._sessions.pop(session_id, None) is not None:
+            SessionLog(log, session_id).warning("removed: %s", reason)
 
     async def _drop(self, session_id: str) -> None:
         session = self._sessions.pop(session_id, None)
@@ -206,9 +278,15 @@ class SessionHost:
         return self._session(session_id).stats()
 
     # ---- calls to the other deployments --------------------------------------------------
-    async def _speech(self, text: str):
-        async for pcm in self._tts.options(stream=True).stream.remote(text):
-            yield pcm
+    async def _speech(self, text: str, session_id: str = "") -> AsyncIterator[np.ndarray]:
+        """Speech for `text`, one TTS request per piece, each asked for only when the conductor
+        pulls: a Serve stream would run ahead of playback (its replica-side generator fills an
+        unbounded queue), so per-piece calls are what bounds TTS work and memory per session.
+        """
+        first, rest = await self._tts.begin.remote(text, session_id)
+        yield first
+        for piece in rest:
+            yield await self._tts.synthesize.remote(piece, session_id)
 
     async def _render(self, req: RenderRequest) -> RenderResult:
         return await self._renderer.render.remote(req)

@@ -1,42 +1,94 @@
-"""Reading client requests: JSON or form bodies with size caps, and the session id wherever it is."""
+"""Reading client requests: JSON bodies and multipart uploads with size caps and deadlines, and
+the session id wherever it is.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
+from starlette.types import Message, Receive
 
-from deployments.common.errors import BadRequest, PayloadTooLarge
+from deployments.common.errors import (
+    AvatarError,
+    BadRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    UnsupportedMedia,
+)
 from deployments.rtc.session_ids import normalize_session_id
 
 SESSION_HEADER = "x-session-id"
 SESSION_FIELD = "sessionid"
+JSON_TYPE = "application/json"
 
 
-async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The raw body, refusing more than `max_bytes` without reading it all into memory."""
+@asynccontextmanager
+async def body_deadline(timeout_s: float | None) -> AsyncIterator[None]:
+    """Raises RequestTimeout when the body is not in by `timeout_s` (None: no deadline).
+
+    A client dripping its body a byte at a time would otherwise hold its request (and the
+    Api replica's slot) for as long as it likes; the read stops at the deadline.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            yield
+    except TimeoutError as exc:
+        raise RequestTimeout(f"the request body did not arrive within {timeout_s:g} s") from exc
+
+
+def _declared_length_over(request: Request, max_bytes: int) -> bool:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    return declared is not None and declared.isdigit() and int(declared) > max_bytes
+
+
+async def read_body(request: Request, max_bytes: int, *, timeout_s: float | None = None) -> bytes:
+    """The raw body, refusing more than `max_bytes` without reading it all into memory, or a body
+    still arriving after `timeout_s`.
+    """
+    if _declared_length_over(request, max_bytes):
         raise PayloadTooLarge(f"request body over {max_bytes} bytes")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise PayloadTooLarge(f"request body over {max_bytes} bytes")
-        chunks.append(chunk)
+    async with body_deadline(timeout_s):
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_bytes:
+                raise PayloadTooLarge(f"request body over {max_bytes} bytes")
+            chunks.append(chunk)
     return b"".join(chunks)
 
 
-async def read_fields(request: Request, max_bytes: int) -> dict[str, Any]:
-    """JSON object or urlencoded form fields (LiveTalking clients send JSON)."""
-    ctype = request.headers.get("content-type", "")
-    body = await read_body(request, max_bytes)
-    if "application/x-www-form-urlencoded" in ctype:
-        from urllib.parse import parse_qsl
+def is_json(content_type: str) -> bool:
+    """`application/json`, with or without parameters (`; charset=utf-8`)."""
+    return content_type.split(";", 1)[0].strip().lower() == JSON_TYPE
 
-        return dict(parse_qsl(body.decode("utf-8", "replace")))
+
+async def read_fields(request: Request, max_bytes: int, *, timeout_s: float | None = None) -> dict[str, Any]:
+    """The fields of a JSON object body.
+
+    Only `Content-Type: application/json` is read: the types a cross-site HTML form or a
+    "simple" fetch can send (urlencoded, multipart, text/plain) are refused with 415 before the
+    body is read, so another site's page cannot drive a session from a visitor's browser without
+    a CORS preflight. A request with neither body nor content type has no fields (the session id
+    may be in the query or the x-session-id header).
+
+    Raises:
+        UnsupportedMedia: Another content type, or a body without one.
+        PayloadTooLarge: A body over `max_bytes`.
+        RequestTimeout: The body still arriving after `timeout_s`.
+        BadRequest: Malformed JSON or JSON that is not an object.
+    """
+    ctype = request.headers.get("content-type")
+    if ctype is not None and not is_json(ctype):
+        raise UnsupportedMedia(f"send the body as JSON with Content-Type: {JSON_TYPE} (got {ctype[:60]!r})")
+    body = await read_body(request, max_bytes, timeout_s=timeout_s)
+    if ctype is None and body:  # a fetch() of an untyped Blob is a "simple" request too
+        raise UnsupportedMedia(f"send the body as JSON with Content-Type: {JSON_TYPE}")
     if not body.strip():
         return {}
     try:
@@ -50,15 +102,42 @@ async def read_fields(request: Request, max_bytes: int) -> dict[str, Any]:
     return data
 
 
-async def read_upload(request: Request, max_bytes: int) -> tuple[bytes, dict[str, Any]]:
-    """A multipart upload: the `file` part's bytes and the other form fields."""
+def _capped(receive: Receive, max_bytes: int) -> Receive:
+    """`receive` that raises PayloadTooLarge once the body's bytes pass `max_bytes`.
+
+    The multipart parser spools a file part to disk whatever its size; counting the bytes as it
+    pulls them stops the read at the cap instead of after the whole body.
+    """
+    size = 0
+
+    async def receive_capped() -> Message:
+        nonlocal size
+        message = await receive()
+        if message["type"] == "http.request":
+            size += len(message.get("body", b""))
+            if size > max_bytes:
+                raise PayloadTooLarge(f"upload over {max_bytes} bytes")
+        return message
+
+    return receive_capped
+
+
+async def read_upload(request: Request, max_bytes: int, *, timeout_s: float | None = None
+                      ) -> tuple[bytes, dict[str, Any]]:
+    """A multipart upload: the `file` part's bytes and the other form fields.
+
+    The whole body counts against `max_bytes` and must arrive within `timeout_s`.
+    """
     if "multipart/form-data" not in request.headers.get("content-type", ""):
         raise BadRequest("send the audio as multipart/form-data with a 'file' field")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    if _declared_length_over(request, max_bytes):
         raise PayloadTooLarge(f"upload over {max_bytes} bytes")
+    capped = Request(request.scope, _capped(request.receive, max_bytes))
     try:
-        form = await request.form(max_part_size=max_bytes)
+        async with body_deadline(timeout_s):
+            form = await capped.form(max_part_size=max_bytes)
+    except AvatarError:
+        raise
     except Exception as exc:
         raise BadRequest(f"malformed multipart body: {exc}") from exc
     upload = form.get("file")

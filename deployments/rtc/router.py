@@ -1,9 +1,11 @@
 """Session affinity for SessionHost: requests with a session id go to the replica that owns it.
 
 New sessions (no id) go to the replica with the fewest sessions, as reported by
-`SessionHost.record_routing_stats`. A request for a replica that no longer exists goes to any
-replica, which answers 410 (the session died with its owner): never an empty choice, which
-would make Serve retry forever.
+`SessionHost.record_routing_stats`. A request whose owner is not a live replica goes to any
+replica, which answers from the host registry (`host_registry`): 410 if the owner was a
+SessionHost of this app and has died, else 404 like any unknown id. Never an empty choice,
+which would make Serve retry forever. (With no live replica at all Serve queues the request
+until one starts: `host_calls` bounds that wait in the Api.)
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class SessionAffinityRouter(RequestRouter):
             owners = [r for r in candidate_replicas if owner_tag(r.replica_id.unique_id) == tag]
             if owners:
                 return [owners]
-            return [candidate_replicas]  # owner gone: any replica answers 410
+            return [candidate_replicas]  # owner gone: any replica answers (410 or 404)
         ranked = sorted(candidate_replicas, key=lambda r: (_sessions(r), random.random()))
         return [[ranked[0]], ranked[1:]] if len(ranked) > 1 else [ranked]
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs import h264, vpx
 
 from deployments.common.errors import BadOffer
+from deployments.common.logs import SessionLog
 from deployments.rtc.conductor import Conductor
 from deployments.rtc.timeline import FRAME_S, MediaClock, MediaTimeline
 from deployments.rtc.tracks import AvatarAudioTrack, AvatarVideoTrack
@@ -29,17 +31,41 @@ class Session:
     """Created from an SDP offer; closed on hang-up, failure or shutdown."""
 
     def __init__(self, session_id: str, pc: RTCPeerConnection, conductor: Conductor, clock: MediaClock,
-                 timeline: MediaTimeline, video: AvatarVideoTrack, audio: AvatarAudioTrack) -> None:
+                 timeline: MediaTimeline, video: AvatarVideoTrack, audio: AvatarAudioTrack,
+                 client: str = "") -> None:
         self.id = session_id
+        self.client = client  # the address that sent the offer (per-client admission)
+        self.connected = False  # set once the peer connection has reached "connected"
         self.pc = pc
         self.conductor = conductor
         self.clock, self.timeline = clock, timeline
         self.video, self.audio = video, audio
         self._task: asyncio.Task | None = None
+        self._failing: asyncio.Task | None = None
         self.closed = asyncio.Event()
+        self.failure: str | None = None  # why the session closed itself, if it did
 
-    def start(self) -> None:
+    def start(self, on_failure: Callable[[str, str], None] | None = None) -> None:
+        """Run the conductor. Should it ever end on its own, the session closes itself (no zombie
+        streaming a frozen picture) and then calls `on_failure(session_id, reason)`.
+        """
         self._task = asyncio.create_task(self.conductor.run(), name=f"conductor-{self.id}")
+        self._task.add_done_callback(lambda task: self._conductor_ended(task, on_failure))
+
+    def _conductor_ended(self, task: asyncio.Task, on_failure: Callable[[str, str], None] | None) -> None:
+        if self.closed.is_set() or task.cancelled():
+            return  # closed on purpose
+        exc = task.exception()
+        self.failure = f"conductor crashed: {exc!r}" if exc is not None else "conductor stopped on its own"
+        SessionLog(log, self.id).error("%s; closing the session", self.failure, exc_info=exc)
+        self._failing = asyncio.create_task(self._close_after_failure(on_failure), name=f"fail-{self.id}")
+
+    async def _close_after_failure(self, on_failure: Callable[[str, str], None] | None) -> None:
+        try:
+            await self.aclose()
+        finally:
+            if on_failure is not None:
+                on_failure(self.id, self.failure or "")
 
     async def answer(self, sdp: str, sdp_type: str) -> RTCSessionDescription:
         """Apply the client's offer and return our answer (ICE gathered, non-trickle)."""

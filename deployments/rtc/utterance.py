@@ -16,12 +16,15 @@ class Utterance:
         self._consumed = 0
         self.ended = False
         self.started = False  # set once its first samples were scheduled
+        self.received = 0  # samples delivered so far
+        self.last_slot: int | None = None  # the last slot its speech was scheduled in (by the conductor)
         self.error: str | None = None
 
     def append(self, pcm: np.ndarray) -> None:
         if pcm.size:
             self._pieces.append(np.asarray(pcm, np.float32).reshape(-1))
             self._available += pcm.size
+            self.received += pcm.size
 
     def finish(self, error: str | None = None) -> None:
         self.ended = True

@@ -1,8 +1,12 @@
 """`TTSService`: the Serve deployment around a TTS engine (Serve concerns only).
 
-Callers stream it: `handle.options(stream=True).stream.remote(text)` yields float32 16 kHz mono
-arrays. A caller that is interrupted cancels the call; Serve then cancels the generator here,
-which stops the engine's synthesis.
+SessionHost asks piece by piece: `begin.remote(text, session_id)` voices the first (short) piece
+of the text and returns the other pieces, then `synthesize.remote(piece, session_id)` voices one
+piece at a time, as float32 16 kHz mono (one round trip to first audio, as a stream had). Each call is
+short, so sessions take turns here however much text one of them queued, and a caller paces its
+own requests (a Serve stream has no back-pressure: its generator would run ahead of playback).
+`stream(text)` still yields a whole text's pieces for callers that want everything at once.
+A caller that is interrupted cancels its call; Serve then cancels the work here.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from deployments.tts.engine import make_engine
 logger = logging.getLogger(__name__)
 
 
-# num_cpus 0: synthesis is short bursts (RTF ~0.1); a whole reserved core would be idle
-@serve.deployment(ray_actor_options={"num_cpus": 0})
+# num_cpus 0: synthesis is short bursts (RTF ~0.1); a whole reserved core would be idle.
+# Probed every second (Serve's default is 10 s): a dead replica is replaced within ~1 s plus its
+# start-up, so the next sentence is not queued behind a replica nobody has noticed is gone.
+@serve.deployment(ray_actor_options={"num_cpus": 0}, health_check_period_s=1, health_check_timeout_s=5)
 class TTSService:
     """Speaks text with the configured engine ("piper" offline, "edge" online)."""
 
@@ -50,6 +56,21 @@ class TTSService:
         except asyncio.CancelledError:
             # the caller was interrupted: the engine's generator is closed on the way out
             logger.info("tts stream cancelled after %d pieces", n_pieces)
+            raise
+
+    async def begin(self, text: str, session_id: str = "") -> tuple[np.ndarray, list[str]]:
+        """The speech of `text`'s first piece, and its other pieces for `synthesize`, in order."""
+        pieces = self._engine.pieces(text)
+        if not pieces:
+            return np.zeros(0, np.float32), []
+        return await self.synthesize(pieces[0], session_id), pieces[1:]
+
+    async def synthesize(self, piece: str, session_id: str = "") -> np.ndarray:
+        """Speech for one piece; `session_id` names the caller in the logs."""
+        try:
+            return await self._engine.synthesize(piece)
+        except asyncio.CancelledError:
+            logger.info("session %s: tts piece cancelled", session_id or "-")
             raise
 
     async def sample_rate(self) -> int:

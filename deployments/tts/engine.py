@@ -14,6 +14,7 @@ import numpy as np
 
 from deployments.common.registry import LazyRegistry
 from deployments.common.timing import SAMPLE_RATE
+from deployments.tts.splitter import split_text
 
 # Imported only when chosen, so choosing one engine never imports the other's dependencies.
 # LiveTalking's `--tts edgetts` is accepted as an alias.
@@ -43,6 +44,19 @@ class TTSEngine(abc.ABC):
         Raises:
             EngineError: The backend failed (`retryable` says whether trying again may help).
         """
+
+    def pieces(self, text: str) -> list[str]:
+        """The pieces `stream(text)` would voice one by one (the first one short)."""
+        return split_text(text)
+
+    async def synthesize(self, piece: str) -> np.ndarray:
+        """Speech for one piece of `pieces(text)`, whole (float32 16 kHz mono; empty if silent).
+
+        Callers that pace themselves ask piece by piece. This default joins what `stream` yields;
+        engines that voice a piece in one call override it.
+        """
+        audio = [pcm async for pcm in self.stream(piece)]
+        return np.concatenate(audio) if audio else np.zeros(0, np.float32)
 
     async def aclose(self) -> None:  # noqa: B027 (engines without resources need nothing)
         """Release the engine's resources; idempotent."""

@@ -106,6 +106,12 @@ class PiperEngine(TTSEngine):
             if ahead is not None and not ahead.cancel() and not ahead.cancelled():
                 ahead.exception()  # a dropped piece's error is not worth an asyncio warning
 
+    async def synthesize(self, piece: str) -> np.ndarray:
+        """One piece, in a worker thread (cancelling drops its result; a started piece finishes)."""
+        if self._closed:
+            raise EngineError("piper engine is closed")
+        return await asyncio.to_thread(self._synthesize, piece)
+
     async def aclose(self) -> None:
         """Mark the engine closed; the onnxruntime session is freed with the engine."""
         self._closed = True

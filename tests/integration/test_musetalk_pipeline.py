@@ -30,7 +30,7 @@ def app_url(start_app, tmp_path_factory, musetalk_models, whisper_dir):
     cfg = AppArgs(data_dir=str(root), avatar_id=AVATAR_ID, model="musetalk",
                   checkpoint=str(musetalk_models / "musetalkV15" / "unet.pth"),
                   feature_model_dirs={"whisper": str(whisper_dir)}, ice_host_addresses=["127.0.0.1"],
-                  chunk_frames=2, lead_chunks=1)
+                  chunk_frames=2, lead_chunks=1, render_late_s=FIRST_CHUNK_TIMEOUT_S)  # seconds a chunk
     return start_app(cfg, PORT)
 
 

@@ -68,7 +68,8 @@ def hubert_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def app_url(start_app, ultralight_data_dir, hubert_dir):
     cfg = AppArgs(data_dir=str(ultralight_data_dir), avatar_id=AVATAR_ID, model="ultralight_hubert",
-                  feature_model_dirs={"hubert": str(hubert_dir)}, ice_host_addresses=["127.0.0.1"])
+                  feature_model_dirs={"hubert": str(hubert_dir)}, ice_host_addresses=["127.0.0.1"],
+                  render_late_s=60)  # not real time on this CPU: seconds per chunk, not the 1 s default
     return start_app(cfg, PORT)
 
 

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from deployments.common.audio import StreamDecoder, decode_audio, resample, to_float32, to_int16
-from deployments.common.errors import PayloadTooLarge, UnsupportedMedia
+from deployments.common.errors import BadRequest, PayloadTooLarge, UnsupportedMedia
 from deployments.common.timing import SAMPLE_RATE
 
 pytestmark = pytest.mark.unit
@@ -149,3 +149,14 @@ def test_sample_format_conversions() -> None:
     assert to_float32(np.array([0.25])).dtype == np.float32
     pcm = np.array([1, -2], np.int16)
     assert to_int16(pcm) is pcm
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize(("subtype", "sr"), [("FLOAT", SAMPLE_RATE), ("DOUBLE", 44_100)])
+def test_float_wav_with_non_finite_samples_is_a_bad_request(bad: float, subtype: str, sr: int) -> None:
+    # NaN would pass the float clip (and Inf become full scale) into every model downstream.
+    x = tone(sr, 2)
+    x[sr // 2, 1] = bad
+    with pytest.raises(BadRequest, match="NaN or infinite") as info:
+        decode_audio(encode_soundfile(x, sr, "WAV", subtype))
+    assert info.value.status == 400

@@ -9,6 +9,7 @@ are real time, so assertions about idle motion ask for idle slots, not for a gap
 from __future__ import annotations
 
 import asyncio
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -75,7 +76,7 @@ class Media:
 class Rig:
     """A conductor over fake stages; `async with` runs it and tears it down."""
 
-    def __init__(self, media: Media, *, render=None, speech=None, lead: int = 2) -> None:
+    def __init__(self, media: Media, *, render=None, speech=None, lead: int = 2, **config) -> None:
         self.media = media
         self.render = render or FakeRenderer()
         self.speech = speech or FakeSpeech()
@@ -86,7 +87,7 @@ class Rig:
         self.conductor = Conductor(
             avatar_id="fake", full_frames=self.frames, paste=fake_paste, clock=media.clock,
             timeline=media.timeline, render=self.render, speech=self.speech,
-            config=ConductorConfig(chunk_frames=K, lead_chunks=lead),
+            config=ConductorConfig(chunk_frames=K, lead_chunks=lead, **config),
             observe=lambda stage, s: self.observed.append((stage, s)),
         )
         self.task: asyncio.Task | None = None
@@ -153,9 +154,9 @@ async def test_a_renderer_slower_than_a_chunk_delays_speech_but_loses_none():
     first, last = speech_slots[0], speech_slots[-1]
     runs = [speech_slots[i : i + K] for i in range(0, len(speech_slots), K)]
     assert all(run == list(range(run[0], run[0] + K)) for run in runs), "each chunk plays in K consecutive slots"
-    between = [b[0] - a[-1] - 1 for a, b in zip(runs, runs[1:])]
+    between = [b[0] - a[-1] - 1 for a, b in pairwise(runs)]
     assert all(1 <= g <= 3 for g in between), f"empty slots between chunks: {between}"
-    assert all(items[s] is None for a, b in zip(runs, runs[1:]) for s in range(a[-1] + 1, b[0]))
+    assert all(items[s] is None for a, b in pairwise(runs) for s in range(a[-1] + 1, b[0]))
     assert 6 <= first <= 8, "the first chunk waited for its render (5 slots) and then played at once"
     # After the utterance the conductor went back to idle on its own.
     assert any(i is not None and not i.speech for i in items[last + 1 :])

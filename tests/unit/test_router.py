@@ -7,6 +7,7 @@ stand in for Serve's RunningReplica and PendingRequest.
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 import pytest
@@ -53,7 +54,7 @@ async def test_a_session_whose_owner_is_gone_may_go_to_any_replica(router, repli
     sid = new_session_id("dead-replica")
     assert owner_tag("dead-replica") not in {owner_tag(r.replica_id.unique_id) for r in replicas}
     ranks = await router.choose_replicas(replicas, request(sid))
-    assert ranks == [replicas], "one rank with every candidate (it answers 410): never an empty choice"
+    assert ranks == [replicas], "one rank with every candidate (it answers 410 or 404): never an empty choice"
 
 
 @pytest.mark.parametrize("sid", ["", None])
@@ -105,7 +106,7 @@ async def test_ids_of_seven_characters_or_fewer_are_treated_as_new_sessions(rout
 @pytest.mark.parametrize("sid", ["not-a-session-id", "12345678", "1" + "9" * 20])
 async def test_longer_junk_ids_match_no_owner_and_may_go_anywhere(router, replicas, sid):
     # The router does not validate ids (Api does, before routing): junk that matches no tag gets
-    # every candidate, and the replica that receives it answers 404/410.
+    # every candidate, and the replica that receives it answers 404 (or 410 for a dead owner).
     assert await router.choose_replicas(replicas, request(sid)) == [replicas]
 
 
@@ -133,3 +134,102 @@ async def test_every_routed_request_backs_off_between_attempts(router, replicas,
     req = request(sid)
     await router.choose_replicas([], req)
     assert req.routing_context.should_backoff is True
+
+
+# ---- host_calls: the Api's calls to SessionHost never hang on a dead host ---------------------
+
+class FakeResponse:
+    """A DeploymentResponse: `taken` says whether a replica ever takes it, `result` what it gives."""
+
+    def __init__(self, taken: bool = True, result=None) -> None:
+        self._taken, self._result, self.cancelled = taken, result, False
+
+    async def _fetch_future_result_async(self):
+        if not self._taken:
+            await asyncio.Event().wait()  # no live replica: Serve would queue it
+        return self
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __await__(self):
+        yield from asyncio.sleep(0).__await__()
+        if isinstance(self._result, BaseException):
+            raise self._result
+        return self._result
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    from deployments.rtc import host_calls, host_registry
+
+    class Store(dict):
+        put = dict.__setitem__
+
+    reg = host_registry.HostRegistry("avatar", Store(), alive=lambda name, ns: name == "live")
+    monkeypatch.setattr(host_registry, "for_this_app", lambda: reg)
+    monkeypatch.setattr(host_calls, "ROUTE_TIMEOUT_S", 0.05)
+    return reg
+
+
+def _died():
+    from ray.exceptions import ActorDiedError, RayTaskError
+
+    wrapped = RayTaskError("human", "traceback", ActorDiedError())
+    return [ActorDiedError(), wrapped]
+
+
+def test_replica_death_is_seen_through_ray_and_serve_wrappers():
+    from ray.exceptions import ActorUnavailableError
+
+    from deployments.common.errors import SessionNotFound
+    from deployments.rtc.host_calls import is_replica_death
+
+    for exc in [*_died(), ActorUnavailableError("gone", None)]:
+        assert is_replica_death(exc)
+    outer = RuntimeError("serve")
+    outer.__cause__ = _died()[0]
+    assert is_replica_death(outer)
+    assert not is_replica_death(SessionNotFound("unknown session 1"))
+    assert not is_replica_death(ValueError("x"))
+
+
+@pytest.mark.parametrize("owner, status", [("dead", 410), ("live", 503), (None, 404)])
+async def test_a_session_call_no_replica_takes_answers_from_the_registry_at_once(registry, owner, status):
+    from deployments.common.errors import AvatarError
+    from deployments.rtc.host_calls import session_call
+
+    sid = new_session_id("owner")
+    if owner is not None:
+        registry.register(sid[1:7], owner, "serve")
+    response = FakeResponse(taken=False)
+    with pytest.raises(AvatarError) as info:
+        await asyncio.wait_for(session_call(sid, response), 1.0)
+    assert info.value.status == status and response.cancelled
+    if status == 410:
+        assert info.value.msg == f"session {sid} is gone: its host replica died"
+
+
+@pytest.mark.parametrize("exc", _died())
+async def test_a_session_whose_host_dies_under_the_call_is_gone(registry, exc):
+    from deployments.common.errors import SessionGone
+    from deployments.rtc.host_calls import session_call
+
+    with pytest.raises(SessionGone):
+        await session_call(new_session_id("x"), FakeResponse(result=exc))
+    assert await session_call(new_session_id("x"), FakeResponse(result={"ok": 1})) == {"ok": 1}
+
+
+async def test_an_offer_is_tried_once_more_when_its_host_dies_then_503(registry):
+    from deployments.common.errors import Overloaded
+    from deployments.rtc.host_calls import NO_HOST, offer_call
+
+    answers = iter([FakeResponse(result=_died()[1]), FakeResponse(result={"sessionid": "1"})])
+    assert await offer_call(lambda: next(answers)) == {"sessionid": "1"}
+    answers = iter([FakeResponse(result=_died()[0]), FakeResponse(result=_died()[0])])
+    with pytest.raises(Overloaded, match=NO_HOST):
+        await offer_call(lambda: next(answers))
+    never = FakeResponse(taken=False)
+    with pytest.raises(Overloaded, match=NO_HOST):
+        await asyncio.wait_for(offer_call(lambda: never), 1.0)
+    assert never.cancelled

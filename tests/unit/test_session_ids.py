@@ -114,3 +114,25 @@ def test_normalize_rejects_non_ascii_digits(raw):
     # str.isdigit() is true for these; accepted, they would name no replica and answer 410, not 404.
     with pytest.raises(SessionNotFound):
         normalize_session_id(raw)
+
+
+# ---- the host registry: which tags belonged to SessionHost replicas of the app, and live -------
+
+class _DictStore(dict):
+    def put(self, key: str, value: str) -> None:
+        self[key] = value
+
+
+def test_registry_tells_dead_owners_from_live_ones_and_unknown_tags():
+    from deployments.rtc.host_registry import HostRegistry, Owner
+
+    alive = {"SERVE_REPLICA::avatar#SessionHost#a"}
+    store = _DictStore()
+    reg = HostRegistry("avatar", store, alive=lambda name, ns: ns == "serve" and name in alive)
+    reg.register(owner_tag("a"), "SERVE_REPLICA::avatar#SessionHost#a", "serve")
+    reg.register(owner_tag("b"), "SERVE_REPLICA::avatar#SessionHost#b", "serve")
+    assert reg.owner(owner_tag("a")) is Owner.ALIVE
+    assert reg.owner(owner_tag("b")) is Owner.DEAD
+    assert reg.owner(owner_tag("never")) is Owner.UNKNOWN
+    # Keyed per app: another app's replica with the same tag is not ours.
+    assert HostRegistry("other", store, alive=lambda *_: True).owner(owner_tag("a")) is Owner.UNKNOWN
