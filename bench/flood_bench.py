@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import ray
-from aiortc import RTCSessionDescription
 from ray import serve
 
 from bench.procstat import find_pids, rss_mib
@@ -38,21 +37,8 @@ class Viewer(AvatarClient):
         super().__init__("http://127.0.0.1")
         self.host, self.client = host, client
 
-    async def open(self) -> None:
-        self.pc.addTransceiver("video", direction="recvonly")
-        self.pc.addTransceiver("audio", direction="recvonly")
-
-        @self.pc.on("track")
-        def on_track(track) -> None:
-            reader = self._read_video if track.kind == "video" else self._read_audio
-            self._tasks.append(asyncio.create_task(reader(track)))
-
-        await self.pc.setLocalDescription(await self.pc.createOffer())
-        answer = await self.host.offer.remote(self.pc.localDescription.sdp, "offer", self.client)
-        self.sessionid = answer["sessionid"]
-        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
-        while not self.rec.video_t:
-            await asyncio.sleep(0.05)
+    async def send_offer(self, sdp: str) -> dict:
+        return await self.host.offer.remote(sdp, "offer", self.client)
 
     def call(self, method: str, *args):
         return getattr(self.host.options(session_id=self.sessionid), method).remote(self.sessionid, *args)
@@ -122,8 +108,8 @@ async def main(rounds: int) -> None:
     print(f"TTS first audio (median of {rounds}): stream {streamed * 1000:.0f} ms, "
           f"piece by piece {per_piece * 1000:.0f} ms")
     quiet, noisy = Viewer(host, "10.0.0.1"), Viewer(host, "10.0.0.2")
-    await quiet.open()
-    await noisy.open()
+    await quiet.connect()
+    await noisy.connect()
     try:
         await first_speech_s(quiet)
         base = await median_first_speech_s(quiet, rounds)

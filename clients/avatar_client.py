@@ -57,9 +57,7 @@ class AvatarClient:
             self._tasks.append(asyncio.create_task(reader(track)))
 
         await self.pc.setLocalDescription(await self.pc.createOffer())
-        res = await self.http.post("/offer", json={"sdp": self.pc.localDescription.sdp, "type": "offer"})
-        res.raise_for_status()
-        answer = res.json()
+        answer = await self.send_offer(self.pc.localDescription.sdp)
         self.sessionid = answer["sessionid"]
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
         deadline = time.monotonic() + timeout
@@ -68,6 +66,12 @@ class AvatarClient:
                 raise TimeoutError(f"no video within {timeout} s (state {self.pc.connectionState})")
             await asyncio.sleep(0.05)
         return answer
+
+    async def send_offer(self, sdp: str) -> dict:
+        """POST the offer to `/offer`; the answer (sdp, type, sessionid, token)."""
+        res = await self.http.post("/offer", json={"sdp": sdp, "type": "offer"})
+        res.raise_for_status()
+        return res.json()
 
     async def post(self, path: str, **fields) -> httpx.Response:
         return await self.http.post(path, json={"sessionid": self.sessionid, **fields})

@@ -58,6 +58,9 @@ class ConductorConfig:
     # Deadlines (docs/decisions.md): a render must answer by its chunk's first slot plus this;
     # else it is cancelled and the chunk's audio plays over idle frames.
     render_late_s: float = 1.0
+    # After a failed or late render the next chunks skip the renderer for this long: while it is
+    # dead or restarting, speech plays on over idle frames instead of waiting out every deadline.
+    render_retry_s: float = 1.0
     tts_first_audio_s: float = 5.0  # from asking TTS to the utterance's first audio
     tts_stall_s: float = 5.0  # a later piece: from the moment playback ran out of this utterance's audio
     tts_lead_s: float = 4.0  # unplayed speech buffered per utterance before TTS is asked for more
@@ -102,6 +105,8 @@ class Conductor:
         self._history = np.zeros(config.left_context_samples, np.float32)  # audio before the cursor
         self._closed = False
         self.rendered_chunks = 0
+        self.unrendered_chunks = 0  # speech chunks that skipped the renderer after a failure
+        self._render_retry_at = float("-inf")  # media time before which chunks skip the renderer
         self.idle_chunks = 0
         self.errors: deque[str] = deque(maxlen=20)  # recent stage failures, for session stats
         self.stage_errors: Counter[str] = Counter()  # all of them by stage ("tts", "render"), for metrics
@@ -321,6 +326,9 @@ class Conductor:
         self._push_history(pcm)
         if float(np.sqrt(np.mean(pcm**2))) < SPEECH_RMS_FLOOR:
             crops = None
+        elif self._clock.now() < self._render_retry_at:
+            crops = None
+            self.unrendered_chunks += 1
         else:
             t0 = time.perf_counter()
             due = self._play_time(start) + self.config.render_late_s
@@ -331,6 +339,7 @@ class Conductor:
             except Exception as exc:  # the chunk's audio still plays, over the avatar's own frames
                 crops = None
                 self._stage_failed("render", exc, turn)
+                self._render_retry_at = self._clock.now() + self.config.render_retry_s
             self._observe("render", time.perf_counter() - t0)
         if turn != self.turn:
             return  # interrupted while rendering: the result belongs to a dead turn

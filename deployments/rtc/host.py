@@ -62,6 +62,7 @@ class HostSettings(BaseModel):
     # its chunk was due to play, else its audio plays over idle frames. Slow CPU models
     # (MuseTalk, Ultralight on a CPU) take seconds per chunk: raise it for them.
     render_late_s: float = Field(1.0, gt=0, le=3600)
+    render_retry_s: float = Field(1.0, ge=0, le=600)  # after a failed render, chunks skip the renderer this long
     tts_first_audio_s: float = Field(5.0, gt=0, le=600)  # TTS's first audio of an utterance
     tts_stall_s: float = Field(5.0, gt=0, le=600)  # a later piece, once playback has caught up
     tts_lead_s: float = Field(4.0, gt=0, le=60)  # unplayed speech buffered ahead per utterance
@@ -192,6 +193,7 @@ class SessionHost:
         s = self.settings
         return ConductorConfig(
             chunk_frames=s.chunk_frames, lead_chunks=s.lead_chunks, render_late_s=s.render_late_s,
+            render_retry_s=s.render_retry_s,
             tts_first_audio_s=s.tts_first_audio_s, tts_stall_s=s.tts_stall_s, tts_lead_s=s.tts_lead_s,
             max_queued_utterances=s.max_queued_utterances, max_queued_chars=s.max_queued_chars,
             max_queued_audio_s=s.max_queued_audio_s,

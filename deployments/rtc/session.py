@@ -93,6 +93,7 @@ class Session:
             "audio_packets_sent": self.audio.sent,
             "queued_slots": len(self.timeline),
             "rendered_chunks": self.conductor.rendered_chunks,
+            "unrendered_chunks": self.conductor.unrendered_chunks,  # skipped the renderer after a failure
             "idle_chunks": self.conductor.idle_chunks,
             "turn": self.conductor.turn,
             "speaking": self.conductor.speaking,

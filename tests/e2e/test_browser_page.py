@@ -32,6 +32,19 @@ CODEC_JS = """async () => {
 }"""
 
 
+async def started_page(browser, url: str, codec: str | None = None):
+    """A page on `url` whose Start was clicked and whose video plays; and the list of its JS errors."""
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    await page.goto(url + "/")
+    if codec is not None:
+        await page.select_option("#codec", codec)
+    await page.click("#start")
+    await page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=20_000)
+    return page, errors
+
+
 @pytest.mark.parametrize("codec", ["VP8", "H264"])
 async def test_page_starts_speaks_and_interrupts(server, tmp_path, codec):
     from playwright.async_api import async_playwright
@@ -39,13 +52,7 @@ async def test_page_starts_speaks_and_interrupts(server, tmp_path, codec):
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
-            page = await browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            await page.goto(server + "/")
-            await page.select_option("#codec", codec)
-            await page.click("#start")
-            await page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=20_000)
+            page, errors = await started_page(browser, server, codec)
             await page.wait_for_timeout(2000)
             a = await page.evaluate(STATS_JS)
             await page.wait_for_timeout(2000)
@@ -116,12 +123,7 @@ async def test_page_replaces_a_session_whose_host_died(two_host_app):
     async with async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
-            page = await browser.new_page()
-            errors: list[str] = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            await page.goto(two_host_app + "/")
-            await page.click("#start")
-            await page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=20_000)
+            page, errors = await started_page(browser, two_host_app)
             first = await page.input_value("#sessionid")
             os.kill(_host_pid_of(first), signal.SIGKILL)
             t_kill = time.monotonic()

@@ -30,7 +30,7 @@ async def test_a_hung_render_misses_its_deadline_and_its_audio_plays_over_idle_f
     media = Media()
     render = FakeRenderer(hang=True)  # never answers
     sent = tone(0.48)  # 3 chunks
-    async with Rig(media, render=render, render_late_s=0.2) as rig:
+    async with Rig(media, render=render, render_late_s=0.2, render_retry_s=0) as rig:
         rig.conductor.play(sent)
         await eventually(lambda: render.in_flight == 1)
         for _ in range(60):  # media time moves on; each chunk's render is given up 0.2 s after it was due
@@ -45,6 +45,30 @@ async def test_a_hung_render_misses_its_deadline_and_its_audio_plays_over_idle_f
     assert_same_audio(speech_audio(items), sent)  # every sample heard, over the avatar's own frames
     assert not any(i is not None and renderer_call_of(i) is not None for i in items)
     assert any(i is not None and not i.speech for i in items[-5:]), "idle motion goes on afterwards"
+
+
+async def test_after_a_failed_render_speech_skips_the_renderer_for_a_while_and_plays_without_gaps():
+    media = Media()
+    render = FakeRenderer(hang=True)  # a dead renderer: every call hangs until its deadline
+    sent = tone(1.6)  # 10 chunks
+    async with Rig(media, render=render, render_late_s=0.2, render_retry_s=10.0) as rig:
+        rig.conductor.play(sent)
+        await eventually(lambda: render.in_flight == 1)
+        for _ in range(60):
+            await media.play_for(0.2, settle=0.05)  # a frame's worth of real time: the conductor keeps up
+            if not rig.conductor.speaking:
+                break
+        assert rig.running() and not rig.conductor.speaking
+        assert len(render.requests) == 1 and rig.conductor.stage_errors["render"] == 1, "one call waited out"
+        assert rig.conductor.unrendered_chunks == 9
+    items = media.items()
+    assert_same_audio(speech_audio(items), sent)
+    speech_slots = [s for s, i in enumerate(items) if i is not None and i.speech]
+    after_first = speech_slots[K:]
+    gaps = after_first[-1] - after_first[0] + 1 - len(after_first)
+    # Waiting out each chunk's deadline would leave 5 empty slots per chunk (45); scheduling jitter
+    # of the real-time waits may leave one or two.
+    assert gaps <= 3, f"once the renderer failed, the rest played without waiting on it: {gaps} empty slots"
 
 
 async def test_a_render_within_its_lateness_is_used():

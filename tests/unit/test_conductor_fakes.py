@@ -204,7 +204,7 @@ async def test_a_failing_render_plays_its_audio_over_idle_frames_and_the_session
     media = Media()
     render = FakeRenderer(fail_every=fail_every)
     sent = tone(1.0)
-    async with Rig(media, render=render) as rig:
+    async with Rig(media, render=render, render_retry_s=0) as rig:  # every chunk tries the renderer
         rig.conductor.play(sent)
         await eventually(lambda: render.failures >= 1)
         await media.play_until_quiet(rig.conductor)
