@@ -8,6 +8,7 @@
 
 It records, per received video frame, the arrival time and a mouth-openness metric (mean
 darkness of the avatar's mouth box), and per 20 ms audio frame the arrival time and RMS.
+`client.events()` reads the session's `GET /sse` (clients/sse.py) on the same clock.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from clients.sse import EventStream
 from deployments.rtc.ice import configure_host_addresses, rtc_configuration
 
 
@@ -43,6 +45,7 @@ class AvatarClient:
         self.http = httpx.AsyncClient(base_url=self.base_url, timeout=30.0)
         self.rec = Recording()
         self.sessionid: str | None = None
+        self.token: str | None = None  # the session's token from the /offer answer
         self._tasks: list[asyncio.Task] = []
         configure_host_addresses(list(ice_addresses))
         self.pc = RTCPeerConnection(rtc_configuration([]))
@@ -59,6 +62,7 @@ class AvatarClient:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         answer = await self.send_offer(self.pc.localDescription.sdp)
         self.sessionid = answer["sessionid"]
+        self.token = answer.get("token")
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
         deadline = time.monotonic() + timeout
         while not self.rec.video_t:
@@ -72,6 +76,11 @@ class AvatarClient:
         res = await self.http.post("/offer", json={"sdp": sdp, "type": "offer"})
         res.raise_for_status()
         return res.json()
+
+    def events(self) -> EventStream:
+        """A reader of this session's `GET /sse` (not yet open: `await stream.open()`)."""
+        assert self.sessionid is not None, "connect first"
+        return EventStream(self.http, self.sessionid, self.token)
 
     async def post(self, path: str, **fields) -> httpx.Response:
         return await self.http.post(path, json={"sessionid": self.sessionid, **fields})

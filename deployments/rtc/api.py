@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, SecretStr
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -114,6 +114,25 @@ def client_of(request: Request) -> str:
 
 
 CORS_HEADERS = ["content-type", "authorization", API_KEY_HEADER, TOKEN_HEADER, SESSION_HEADER]
+# No caching, and no buffering in a reverse proxy (nginx honours X-Accel-Buffering): events must flow.
+SSE_HEADERS = {"cache-control": "no-cache", "x-accel-buffering": "no"}
+
+
+async def relay_events(session_id: str, first: str, stream: Any) -> Any:
+    """Yield `first`, then the rest of a SessionHost event stream; always cancel that stream at the end.
+
+    A client that disconnects makes Serve cancel this request: the CancelledError lands here, and
+    cancelling `stream` closes SessionHost's generator (its listener goes away). A host that dies
+    mid-stream just ends the stream: the client reconnects and gets 410.
+    """
+    try:
+        yield first
+        async for message in stream:
+            yield message
+    except Exception as exc:
+        log.warning("session %s: event stream ended by its host: %s", session_id, type(exc).__name__)
+    finally:
+        stream.cancel()
 
 
 # A request whose body drips in holds its slot until `body_timeout_s`: room for many of them.
@@ -232,6 +251,20 @@ class Api:
             sid = self._session_of(request, await self._json_fields(request))
             await host_calls.session_call(sid, self._for(sid).close_session.remote(sid))
         return ok()
+
+    @app.get("/sse")
+    async def sse(self, request: Request) -> StreamingResponse:
+        """The session's events (`deployments/rtc/events.py`) as `text/event-stream`, until it closes.
+
+        Id and token come from the query (`?sessionid=...&token=...`, what EventSource can send) or
+        the headers; a bad call is answered as JSON before the stream starts.
+        """
+        with self._lookups.guard(client_of(request)):
+            sid = self._session_of(request, {})
+            stream = self._host.options(session_id=sid, stream=True).events.remote(sid)
+            first = await host_calls.first_of_stream(sid, stream)
+        return StreamingResponse(relay_events(sid, first, stream), media_type="text/event-stream",
+                                 headers=SSE_HEADERS)
 
     @app.get("/sessions/{sessionid}")
     async def session_stats(self, sessionid: str, request: Request) -> JSONResponse:

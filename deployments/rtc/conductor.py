@@ -5,6 +5,9 @@ It works in chunks of K frames. A chunk with speech sends its audio window to Av
 them onto the avatar's own frames and queues frames and audio together; a silent chunk uses
 idle frames and touches no model. Production runs a bounded lead ahead of playback; new speech
 replaces queued idle slots so it plays at once; an interrupt drops everything not yet played.
+
+Sentence events (events.py) follow playback: the conductor puts cues on the slots of an
+utterance's first audible and last sample, and the audio track runs them as it plays those slots.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from deployments.common.audio import to_int16
 from deployments.common.errors import TooManyRequests
 from deployments.common.features import LEFT_CONTEXT_SAMPLES, RIGHT_CONTEXT_SAMPLES
 from deployments.common.logs import SessionLog
-from deployments.common.timing import SAMPLE_RATE, SAMPLES_PER_FRAME
-from deployments.rtc.timeline import FRAME_S, MediaClock, MediaItem, MediaTimeline
+from deployments.common.timing import AUDIO_CHUNK_SAMPLES, CHUNKS_PER_FRAME, SAMPLE_RATE, SAMPLES_PER_FRAME
+from deployments.rtc.events import Publish
+from deployments.rtc.timeline import FRAME_S, Cue, MediaClock, MediaItem, MediaTimeline
 from deployments.rtc.utterance import Utterance
 
 log = logging.getLogger(__name__)
@@ -39,6 +43,9 @@ PasteFn = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 ObserveFn = Callable[[str, float], None]  # (stage, seconds): per-stage latency for metrics
 T = TypeVar("T")
 SPEECH_RMS_FLOOR = 1e-4  # below this a chunk is silence: no features, no render
+# An utterance "starts" (event) at the slot of its first 20 ms packet this loud (RMS, -40 dBFS):
+# TTS's leading silence is not speech.
+AUDIBLE_RMS = 0.01
 # Deadlines are media-clock times (tests move that clock by hand): a waiting call re-reads the
 # clock at least this often, so a deadline fires at most this late.
 DEADLINE_POLL_S = 0.05
@@ -86,6 +93,7 @@ class Conductor:
         speech: SpeechFn,
         config: ConductorConfig = ConductorConfig(),
         observe: ObserveFn | None = None,
+        publish: Publish | None = None,
     ) -> None:
         self._avatar_id = avatar_id
         self._log = SessionLog(log, session_id)
@@ -95,6 +103,9 @@ class Conductor:
         self._render, self._speech = render, speech
         self.config = config
         self._observe = observe or (lambda stage, seconds: None)
+        self._publish = publish or (lambda event: None)
+        self._airing: list[Utterance] = []  # utterances whose start event is out and end event is not
+        self._speech_end = -1  # the last slot holding queued speech (new speech goes after it)
         self.turn = 0
         self._queue: deque[Utterance] = deque()
         self._tts_tasks: dict[Utterance, asyncio.Task] = {}
@@ -138,8 +149,18 @@ class Conductor:
         self._wake.set()
         return utt
 
-    def interrupt(self) -> None:
-        """Start a new turn: stop TTS and an in-flight render, drop queued speech and every slot not yet played."""
+    def interrupt(self, reason: str = "api") -> None:
+        """Start a new turn: stop TTS and an in-flight render, drop queued speech and every slot not yet played.
+
+        Publishes `{"event": "interrupted", "reason": reason}`, then an `end` marked `interrupted`
+        for each utterance that had started playing. `reason`: "api", "barge_in", ...
+        """
+        self._new_turn()
+        self._publish({"event": "interrupted", "reason": reason, "turn": self.turn})
+        for utt in list(self._airing):
+            self._ended(utt, interrupted=True)
+
+    def _new_turn(self) -> None:
         self.turn += 1
         self._turn_over.set()
         self._turn_over = asyncio.Event()
@@ -165,7 +186,7 @@ class Conductor:
 
     async def aclose(self) -> None:
         self._closed = True
-        self.interrupt()
+        self._new_turn()  # no events: the session and its event stream are closing
         if self._tts_tasks:
             await asyncio.wait(list(self._tts_tasks.values()), timeout=2.0)
 
@@ -257,6 +278,7 @@ class Conductor:
         kept = self._timeline.get(slot - 1)
         self._timeline.drop_from(slot)
         self._cursor = min(self._cursor, slot)
+        self._speech_end = min(self._speech_end, slot - 1)
         if kept is not None:
             self._avatar_counter = kept.avatar_index + 1
         self._history = np.zeros(self.config.left_context_samples, np.float32)
@@ -267,8 +289,9 @@ class Conductor:
             playing = self._clock.playing_slot()
             utt = self._current_utterance()
             if utt is not None and not utt.started and utt.remaining > 0:
-                # Speech replaces queued idle: it should play now, not after the lead.
-                self._restart_from(max(playing + self.config.start_margin_frames, 0) + 1)
+                # Speech replaces queued idle (not the previous utterance's tail): it should play now,
+                # not after the lead.
+                self._restart_from(max(playing + self.config.start_margin_frames, self._speech_end, 0) + 1)
             limit = max(playing, 0) + self.config.lead_chunks * k
             if self._cursor >= limit:
                 await self._wait(FRAME_S * (self._cursor - limit + 1))
@@ -282,7 +305,7 @@ class Conductor:
     def _current_utterance(self) -> Utterance | None:
         # Finished utterances leave the queue: fully scheduled, or ended without audio (failed TTS).
         while self._queue and self._queue[0].exhausted:
-            self._queue.popleft()
+            self._cue_end(self._queue.popleft())  # TTS may end after its last chunk was scheduled
             self._feed_tts()
         return self._queue[0] if self._queue else None
 
@@ -318,6 +341,7 @@ class Conductor:
                 return  # re-evaluate: an interrupt may have happened while waiting
         utt.started = True
         turn = self.turn
+        real = min(utt.remaining, need)  # samples of speech in this chunk; the rest is padding
         pcm = utt.take(need)
         window = np.concatenate([self._history, pcm, utt.peek(right)])
         indices = self._next_avatar_indices(k)
@@ -352,8 +376,10 @@ class Conductor:
             self._timeline.put(start + i, MediaItem(frame, audio[i], idx, turn, True))
         self._observe("paste", time.perf_counter() - t0)
         self._cursor = max(self._cursor, start + k)
+        self._speech_end = max(self._speech_end, start + k - 1)
         utt.last_slot = start + k - 1
         self.rendered_chunks += 1
+        self._cue_chunk(utt, start, pcm, real)
 
     async def _call(self, call: Awaitable[T], due: Callable[[], float]) -> T | None:
         """`await call` within its deadline: None as soon as the turn is interrupted, TimeoutError
@@ -389,12 +415,53 @@ class Conductor:
         return self._clock.t0 + slot * FRAME_S
 
     def _stage_failed(self, stage: str, exc: BaseException, turn: int, what: str = "failed") -> str:
-        """Count, log and keep a stage's failure for the session's stats; returns the message."""
+        """Count, log, keep and publish a stage's failure for the session's stats; returns the message."""
         error = f"{stage} {what}: {exc}"
         self.errors.append(error)
         self.stage_errors[stage] += 1
         self._log.warning("%s %s for turn %d: %s", stage, what, turn, exc)
+        self._publish({"event": "error", "stage": stage, "message": error})
         return error
+
+    # ---- sentence events, from playback ----------------------------------------------------
+    def _cue_chunk(self, utt: Utterance, start: int, pcm: np.ndarray, real: int) -> None:
+        """Cue `utt`'s start on its first audible slot and its end on the slot of its last sample."""
+        if real > 0:
+            utt.last_audio_slot = start + (real - 1) // SAMPLES_PER_FRAME
+        if not utt.start_cued:
+            rms = np.sqrt(np.mean(pcm.reshape(-1, AUDIO_CHUNK_SAMPLES) ** 2, axis=1))  # pcm is padded past `real`
+            loud = np.flatnonzero(rms >= AUDIBLE_RMS)
+            if loud.size:
+                utt.start_cued = True
+                self._cue(start + int(loud[0]) // CHUNKS_PER_FRAME, functools.partial(self._started, utt))
+        if utt.exhausted:
+            self._cue_end(utt)
+
+    def _cue_end(self, utt: Utterance) -> None:
+        if utt.start_cued and not utt.end_cued and utt.last_audio_slot is not None:
+            utt.end_cued = True
+            self._cue(utt.last_audio_slot, functools.partial(self._ended, utt), at_end=True)
+
+    def _cue(self, slot: int, run: Callable[[], None], at_end: bool = False) -> None:
+        if not self._timeline.add_cue(slot, Cue(run, at_end)):
+            run()  # its moment has passed already (or its slot was dropped: then `run` has nothing to say)
+
+    def _started(self, utt: Utterance) -> None:
+        if utt.turn != self.turn or utt.start_played:
+            return  # the last slot of an interrupted turn still plays: its sentence does not start
+        utt.start_played = True
+        self._airing.append(utt)
+        self._publish({"status": "start", "text": utt.text, "turn": utt.turn})
+
+    def _ended(self, utt: Utterance, interrupted: bool = False) -> None:
+        if not utt.start_played or utt.end_played:
+            return  # never started, or already ended (an interrupt ends it before its cue runs)
+        utt.end_played = True
+        self._airing.remove(utt)
+        event = {"status": "end", "text": utt.text, "turn": utt.turn}
+        if interrupted:
+            event["interrupted"] = True
+        self._publish(event)
 
     def _push_history(self, pcm: np.ndarray) -> None:
         joined = np.concatenate([self._history, pcm])

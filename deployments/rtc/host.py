@@ -29,6 +29,7 @@ from deployments.common.errors import (
 from deployments.common.logs import SessionLog, adopt_serve_logging
 from deployments.rtc import host_registry
 from deployments.rtc.conductor import Conductor, ConductorConfig
+from deployments.rtc.events import HEARTBEAT_S, MAX_LISTENERS, OPENED, EventBus, delayed, sse_stream
 from deployments.rtc.host_registry import Owner
 from deployments.rtc.ice import configure_host_addresses, rtc_configuration
 from deployments.rtc.metrics import HostMetrics
@@ -70,6 +71,13 @@ class HostSettings(BaseModel):
     max_queued_utterances: int = Field(8, ge=1)
     max_queued_chars: int = Field(4000, ge=1)
     max_queued_audio_s: float = Field(240.0, gt=0)
+    # Event streams (GET /sse): listeners per session (each holds a request slot of this replica),
+    # and the quiet time after which a heartbeat comment keeps proxies from closing the stream.
+    max_event_listeners: int = Field(MAX_LISTENERS, ge=1, le=64)
+    sse_heartbeat_s: float = Field(HEARTBEAT_S, gt=0, le=300)
+    # Sentence events go out this long after their slot is sent: a receiver holds audio about as
+    # long in its jitter buffer (aiortc 4 packets = 80 ms; browsers 40-100 ms on a quiet network).
+    playout_delay_s: float = Field(0.08, ge=0, le=1)
 
 
 @serve.deployment(
@@ -203,6 +211,7 @@ class SessionHost:
         session_id = new_session_id(self._replica_id)
         pc = RTCPeerConnection(rtc_configuration(self.settings.ice_servers))
         clock, timeline = MediaClock(), MediaTimeline()
+        events = EventBus(max_listeners=self.settings.max_event_listeners)
         conductor = Conductor(
             avatar_id=self.settings.avatar_id,
             full_frames=self._avatar.full_frames,
@@ -213,11 +222,12 @@ class SessionHost:
             speech=functools.partial(self._speech, session_id=session_id),
             config=self._conductor_config(),
             observe=self._metrics.observe,
+            publish=delayed(events.publish, self.settings.playout_delay_s),
             session_id=session_id,
         )
         video = AvatarVideoTrack(clock, timeline, self._avatar.full_frames[0])
         audio = AvatarAudioTrack(clock, timeline)
-        session = Session(session_id, pc, conductor, clock, timeline, video, audio, client=client)
+        session = Session(session_id, pc, conductor, clock, timeline, video, audio, client=client, events=events)
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -256,7 +266,7 @@ class SessionHost:
     async def human(self, session_id: str, text: str, interrupt: bool) -> dict:
         session = self._session(session_id)
         if interrupt:
-            session.conductor.interrupt()
+            session.conductor.interrupt(reason="api")
         session.conductor.say(text)
         return {}
 
@@ -265,13 +275,30 @@ class SessionHost:
         if pcm.size == 0:
             raise BadRequest("the audio upload holds no samples")
         if interrupt:
-            session.conductor.interrupt()
+            session.conductor.interrupt(reason="api")
         session.conductor.play(np.array(pcm, np.float32))
         return {"seconds": round(pcm.size / 16000, 3)}
 
     async def interrupt(self, session_id: str) -> dict:
-        self._session(session_id).conductor.interrupt()
+        self._session(session_id).conductor.interrupt(reason="api")
         return {}
+
+    async def events(self, session_id: str) -> AsyncIterator[str]:
+        """The session's events as Server-Sent Events text; call with `handle.options(stream=True)`.
+
+        The first message (a comment) says the session was found: an unknown or dead session
+        raises before it, so the Api can answer 404/410 as JSON. The stream ends when the session
+        closes; a caller that goes away closes this generator, which unregisters its listener.
+
+        Raises:
+            SessionNotFound, SessionGone, Overloaded: as every session call.
+            TooManyRequests: the session already has `max_event_listeners` streams.
+        """
+        session = self._session(session_id)
+        with session.events.listen() as listener:
+            yield OPENED
+            async for message in sse_stream(listener, self.settings.sse_heartbeat_s):
+                yield message
 
     async def is_speaking(self, session_id: str) -> bool:
         return self._session(session_id).conductor.speaking

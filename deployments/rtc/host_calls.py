@@ -8,6 +8,7 @@ ROUTE_TIMEOUT_S is given up (its routing cancelled) and answered from the host r
 routing is bounded, not the call's own work (an offer negotiates for a while).
 
 - session calls: owner died → 410, tag never known → 404, owner alive but not taking it → 503
+  (streams too: `first_of_stream` answers before the first item is relayed)
 - offers: a replica that died under the offer → once more on another replica, else 503 "retry"
 """
 
@@ -74,6 +75,22 @@ async def session_call(session_id: str, response: Any) -> Any:
         return await response
     except Exception as exc:
         if is_replica_death(exc):  # the replica that held the call died: the session with it
+            raise SessionGone(f"session {session_id} is gone: its host replica died") from None
+        raise
+
+
+async def first_of_stream(session_id: str, stream: Any) -> Any:
+    """The first item of a streaming call to `session_id`'s owner (`handle.options(stream=True)`),
+    with its host's death answered like `session_call`: errors come before any item is relayed.
+    The stream is cancelled if this fails.
+    """
+    try:
+        if not await taken_within(stream, ROUTE_TIMEOUT_S):
+            raise await _owner_error(session_id)
+        return await anext(stream)
+    except BaseException as exc:
+        stream.cancel()
+        if isinstance(exc, Exception) and is_replica_death(exc):
             raise SessionGone(f"session {session_id} is gone: its host replica died") from None
         raise
 

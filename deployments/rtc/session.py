@@ -1,4 +1,4 @@
-"""One viewer: its peer connection, the two paced tracks and its conductor."""
+"""One viewer: its peer connection, the two paced tracks, its conductor and its event bus."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from aiortc.codecs import h264, vpx
 from deployments.common.errors import BadOffer
 from deployments.common.logs import SessionLog
 from deployments.rtc.conductor import Conductor
+from deployments.rtc.events import EventBus
 from deployments.rtc.timeline import FRAME_S, MediaClock, MediaTimeline
 from deployments.rtc.tracks import AvatarAudioTrack, AvatarVideoTrack
 
@@ -32,7 +33,7 @@ class Session:
 
     def __init__(self, session_id: str, pc: RTCPeerConnection, conductor: Conductor, clock: MediaClock,
                  timeline: MediaTimeline, video: AvatarVideoTrack, audio: AvatarAudioTrack,
-                 client: str = "") -> None:
+                 client: str = "", events: EventBus | None = None) -> None:
         self.id = session_id
         self.client = client  # the address that sent the offer (per-client admission)
         self.connected = False  # set once the peer connection has reached "connected"
@@ -40,6 +41,7 @@ class Session:
         self.conductor = conductor
         self.clock, self.timeline = clock, timeline
         self.video, self.audio = video, audio
+        self.events = events or EventBus()  # what `GET /sse` relays; closed with the session
         self._task: asyncio.Task | None = None
         self._failing: asyncio.Task | None = None
         self.closed = asyncio.Event()
@@ -79,6 +81,8 @@ class Session:
         self.pc.addTrack(self.video)
         if "audio" in kinds:
             self.pc.addTrack(self.audio)
+        else:  # nobody plays the audio: let the video track's progress run cues and prune slots
+            self.timeline.without_audio()
         try:
             await self.pc.setLocalDescription(await self.pc.createAnswer())
         except Exception as exc:
@@ -99,6 +103,7 @@ class Session:
             "speaking": self.conductor.speaking,
             "errors": list(self.conductor.errors)[-5:],
             "stage_errors": dict(self.conductor.stage_errors),  # failures by stage since the start
+            "event_listeners": self.events.listeners,  # open GET /sse streams
         }
 
     def media_stats(self) -> dict:
@@ -117,6 +122,7 @@ class Session:
         if self.closed.is_set():
             return
         self.closed.set()
+        self.events.close()  # every event stream of the session ends
         await self.conductor.aclose()
         if self._task is not None:
             self._task.cancel()

@@ -2,17 +2,24 @@
 
 Video frame n plays at t0 + 40 ms·n and audio packets 2n and 2n+1 (20 ms each) belong to the
 same slot n, cut from the same rendered chunk, so audio and video cannot drift apart.
+
+A slot may carry cues: callbacks the audio track runs when the slot's audio starts playing, or
+once it has played (sentence start and end events come from here, not from synthesis).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from deployments.common.timing import FPS
 
+log = logging.getLogger(__name__)
 FRAME_S = 1.0 / FPS
 
 
@@ -42,6 +49,14 @@ class MediaClock:
 
 
 @dataclass(frozen=True)
+class Cue:
+    """A callback run once when its slot's audio starts playing (`at_end` False) or has played."""
+
+    run: Callable[[], None]
+    at_end: bool = False
+
+
+@dataclass(frozen=True)
 class MediaItem:
     """One frame slot: the picture, its 40 ms of int16 audio, and where it came from."""
 
@@ -50,6 +65,7 @@ class MediaItem:
     avatar_index: int  # index into the avatar's frames (for seamless idle continuation)
     turn: int
     speech: bool
+    cues: tuple[Cue, ...] = ()
 
 
 class MediaTimeline:
@@ -59,6 +75,8 @@ class MediaTimeline:
         self._items: dict[int, MediaItem] = {}
         self._played_video = -1
         self._played_audio = -1
+        self._started_audio = -1  # start cues ran up to here
+        self._audio_follows_video = False
 
     def put(self, slot: int, item: MediaItem) -> None:
         self._items[slot] = item
@@ -66,13 +84,55 @@ class MediaTimeline:
     def get(self, slot: int) -> MediaItem | None:
         return self._items.get(slot)
 
+    def add_cue(self, slot: int, cue: Cue) -> bool:
+        """Attach `cue` to the queued `slot`; False if that slot is gone or already past the cue's moment."""
+        item = self._items.get(slot)
+        done = self._played_audio if cue.at_end else self._started_audio
+        if item is None or slot <= done:
+            return False
+        self._items[slot] = dataclasses.replace(item, cues=(*item.cues, cue))
+        return True
+
+    def without_audio(self) -> None:
+        """The session has no audio track: the video track's progress stands for it (cues, pruning)."""
+        self._audio_follows_video = True
+
     def mark_video_played(self, slot: int) -> None:
         self._played_video = max(self._played_video, slot)
+        if self._audio_follows_video:
+            self.mark_audio_played(slot)
         self._prune()
 
+    def audio_starting(self, slot: int) -> None:
+        """The audio track starts playing `slot`: run its start cues, after every cue of the slots
+        before it that have not run (slots a lagging track skipped).
+        """
+        self._audio_played_through(slot - 1)
+        if slot > self._started_audio:
+            self._run_cues(slot, at_end=False)
+            self._started_audio = slot
+
     def mark_audio_played(self, slot: int) -> None:
-        self._played_audio = max(self._played_audio, slot)
+        self._audio_played_through(slot)
         self._prune()
+
+    def _audio_played_through(self, slot: int) -> None:
+        """Run the cues of every slot up to `slot` not yet run, slot by slot: starts, then ends."""
+        for s in sorted(s for s, item in self._items.items() if self._played_audio < s <= slot and item.cues):
+            if s > self._started_audio:
+                self._run_cues(s, at_end=False)
+            self._run_cues(s, at_end=True)
+        self._started_audio = max(self._started_audio, slot)
+        self._played_audio = max(self._played_audio, slot)
+
+    def _run_cues(self, slot: int, *, at_end: bool) -> None:
+        item = self._items.get(slot)
+        for cue in item.cues if item is not None else ():
+            if cue.at_end == at_end:
+                try:
+                    cue.run()
+                except Exception:  # a cue's bug must not stop the track that plays the slot
+                    log.exception("cue of slot %d failed", slot)
 
     def _prune(self) -> None:
         # Keep the slot both tracks may still need; everything older is gone for good.

@@ -1,7 +1,8 @@
 """aiortc tracks paced by the shared MediaClock, reading the MediaTimeline.
 
 Each `recv()` sleeps until its slot's wall time, then sends the slot's item, or a filler (the
-last picture, or silence) if the conductor has nothing there. A track that falls behind skips
+last picture, or silence) if the conductor has nothing there. The audio track runs the slots'
+cues (timeline.Cue) as it plays them: sentence events follow what is heard. A track that falls behind skips
 slots rather than playing late, so the two tracks stay on the same clock.
 """
 
@@ -97,6 +98,7 @@ class AvatarAudioTrack(MediaStreamTrack):
         self._packet = max(self._packet + 1, now_packet)
         await _sleep_until(self._clock, t0 + self._packet * AUDIO_CHUNK_S)
         slot, half = divmod(self._packet, CHUNKS_PER_FRAME)
+        self._timeline.audio_starting(slot)  # the slot's start cues (sentence start) run as it plays
         item = self._timeline.get(slot)
         pcm = SILENCE if item is None else item.audio[half * AUDIO_CHUNK_SAMPLES : (half + 1) * AUDIO_CHUNK_SAMPLES]
         if half == CHUNKS_PER_FRAME - 1:

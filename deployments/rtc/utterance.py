@@ -19,6 +19,10 @@ class Utterance:
         self.received = 0  # samples delivered so far
         self.last_slot: int | None = None  # the last slot its speech was scheduled in (by the conductor)
         self.error: str | None = None
+        # Playback marks, for the sentence events (set by the conductor and the cues it puts on slots).
+        self.last_audio_slot: int | None = None  # the slot holding its last sample scheduled so far
+        self.start_cued = self.end_cued = False  # cue put on a slot
+        self.start_played = self.end_played = False  # event published
 
     def append(self, pcm: np.ndarray) -> None:
         if pcm.size:

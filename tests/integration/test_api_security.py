@@ -20,6 +20,7 @@ import pytest
 import soundfile as sf
 
 from clients.avatar_client import AvatarClient
+from clients.sse import EventStream
 from serve_app import AppArgs
 
 pytestmark = pytest.mark.integration
@@ -68,7 +69,7 @@ async def test_the_api_key_guards_all_but_the_page_and_health(app_url):
         for path in ("/", "/client.js", "/health"):
             assert (await http.get(path)).status_code == 200, path
         for method, path in (("POST", "/offer"), ("POST", "/is_speaking"), ("GET", "/sessions/123456789012345"),
-                             ("GET", "/docs"), ("GET", "/openapi.json"), ("GET", "/no/such/route")):
+                             ("GET", "/sse?sessionid=123456789012345"), ("GET", "/docs"), ("GET", "/openapi.json"), ("GET", "/no/such/route")):
             for headers in ({}, {"x-api-key": "wrong-key-of-some-length"}, {"authorization": "Bearer nope"}):
                 res = await http.request(method, path, headers=headers)
                 assert res.status_code == 401, (method, path, headers, res.text)
@@ -94,6 +95,8 @@ async def test_session_calls_need_the_token_of_their_session(session):
             assert res.status_code == 401, (path, tok, res.text)
         res = await http.get(f"/sessions/{sid}", params=extra)
         assert res.status_code == 401
+        res = await http.get("/sse", params={"sessionid": sid, **extra})
+        assert res.status_code == 401 and res.json()["code"] == -1, "refused as JSON, before any stream"
         res = await http.post("/humanaudio", files={"file": ("a.wav", _wav(np.zeros(1600, np.float32)))},
                               data={"sessionid": sid, **extra})
         assert res.status_code == 401
@@ -101,6 +104,9 @@ async def test_session_calls_need_the_token_of_their_session(session):
     assert (await http.post("/is_speaking", json={"sessionid": sid, "token": token})).json()["data"] is False
     assert (await http.post("/is_speaking", json={"sessionid": sid}, headers={"x-session-token": token})).status_code == 200
     assert (await http.get(f"/sessions/{sid}", params={"token": token})).status_code == 200
+    events = EventStream(http, sid, token)
+    assert (await events.open()).status_code == 200
+    await events.close()
     res = await http.post("/human", json={"sessionid": sid, "text": "Hello.", "type": "echo", "token": token})
     assert res.status_code == 200, res.text
     res = await http.post("/humanaudio", files={"file": ("a.wav", _wav(0.1 * np.ones(1600, np.float32)))},
@@ -254,5 +260,6 @@ async def test_failed_lookups_are_limited_per_client(session):
         res = await http.post(path, headers=guesser, **kwargs)
         assert res.status_code == 429, (path, res.text)  # even for a real session: refused before forwarding
     assert (await http.get(f"/sessions/{sid}", params={"token": token}, headers=guesser)).status_code == 429
+    assert (await http.get("/sse", params={"sessionid": sid, "token": token}, headers=guesser)).status_code == 429
     res = await http.post("/is_speaking", json={"sessionid": sid, "token": token}, headers=bystander)
     assert res.status_code == 200, "other clients are not affected"

@@ -1,6 +1,6 @@
 """The import graph of `deployments`: no circles, and the layers import one way only.
 
-    rtc ──► avatar ──► asr ──► common        tts ──► common        (serve_app reads them all)
+    rtc ──► avatar ──► asr ──► common        tts ──► common        llm ──► common        (serve_app reads them all)
 
 `common` is the shared contract (units, features, model registry, errors) and imports nothing
 else of ours; `asr` never imports `avatar` (features do not depend on who consumes them).
@@ -23,6 +23,7 @@ ALLOWED = {
     "common": set(),
     "asr": {"common"},
     "tts": {"common"},
+    "llm": {"common"},
     "avatar": {"common", "asr"},
     "rtc": {"common", "avatar"},
 }
