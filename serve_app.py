@@ -1,6 +1,7 @@
 """The application: `build(args)` validates typed args and binds the deployment graph.
 
-    Api ──► SessionHost (session affinity) ──► TTSService, AvatarRenderer (features computed inside)
+    Api ──► SessionHost (session affinity) ──► TTSService, AvatarRenderer (features computed inside),
+                                               SpeechRecognizer (microphones), the LLM (chat; HTTP)
 
 Used by `serve run configs/serve.yaml` (import_path `serve_app:build`). This is the only module
 that reads environment variables.
@@ -13,11 +14,15 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from ray.serve import Application
 
+from deployments.asr.deployment import SpeechRecognizer
+from deployments.asr.recognizer import RecognizerSettings
+from deployments.asr.vad import VadSettings
 from deployments.avatar.deployment import AvatarRenderer
 from deployments.common.models import FEATURE_MODELS, lipsync_model, served_model
+from deployments.llm import LlmSettings, settings_from
 from deployments.rtc.api import Api, ApiSettings
 from deployments.rtc.host import HostSettings, SessionHost
 from deployments.rtc.ice import parse_addresses
@@ -25,6 +30,25 @@ from deployments.tts.deployment import TTSService
 from deployments.tts.engine import ENGINES as TTS_ENGINES
 
 REPO_ROOT = Path(__file__).resolve().parent
+
+
+class AsrArgs(VadSettings, RecognizerSettings):
+    """`args.asr`: the microphone's VAD (`VadSettings`: `end_silence_ms`, `threshold`, ...; its
+    `min_speech_ms` is `barge_in_min_speech_ms`) and the recogniser (`RecognizerSettings`:
+    `model_dir`, `language`, `compute_type`, `beam_size`, `cpu_threads`, `num_workers`).
+    """
+
+    @model_validator(mode="after")
+    def _no_min_speech(self) -> AsrArgs:
+        if "min_speech_ms" in self.model_fields_set:
+            raise ValueError("set barge_in_min_speech_ms (top level) instead of asr.min_speech_ms")
+        return self
+
+    def vad(self) -> dict[str, Any]:
+        return self.model_dump(include=set(VadSettings.model_fields) - {"min_speech_ms"})
+
+    def recognizer(self) -> dict[str, Any]:
+        return self.model_dump(include=set(RecognizerSettings.model_fields))
 
 
 class AppArgs(HostSettings):
@@ -37,6 +61,8 @@ class AppArgs(HostSettings):
     tts_engine: str = "piper"
     tts_options: dict[str, Any] = Field(default_factory=dict)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    asr: AsrArgs = Field(default_factory=AsrArgs)
+    llm: LlmSettings = Field(default_factory=LlmSettings)  # env OPENAI_BASE_URL, OPENAI_API_KEY, LLM_MODEL win
 
     model_config = {"extra": "forbid", "validate_default": True}
 
@@ -61,6 +87,12 @@ class AppArgs(HostSettings):
         for kind in value:
             FEATURE_MODELS.get(kind)  # ValueError naming the kinds
         return value
+
+    @model_validator(mode="after")
+    def _chat_needs_llm(self) -> AppArgs:
+        if self.conversation_mode == "chat" and not self.llm.enabled:
+            raise ValueError("conversation_mode 'chat' needs an LLM: set llm.base_url and llm.model")
+        return self
 
     @field_validator("data_dir")
     @classmethod
@@ -103,6 +135,7 @@ def build(args: dict[str, Any] | None = None) -> Application:
             api[field] = os.environ[env]
     if api:
         args["api"] = api
+    args["llm"] = settings_from(args.get("llm"), os.environ)
     return bind_graph(AppArgs(**args))
 
 
@@ -120,7 +153,12 @@ def bind_graph(cfg: AppArgs, *, host_replicas: int | None = None) -> Application
                                    checkpoint=_default_checkpoint(cfg), feature_model_dir=_feature_model_dir(cfg))
     host_settings = HostSettings(**cfg.model_dump(include=set(HostSettings.model_fields)))
     host_deployment = SessionHost if host_replicas is None else SessionHost.options(num_replicas=host_replicas)
-    host = host_deployment.bind(tts, renderer, settings=host_settings.model_dump())
+    recognizer_options = cfg.asr.recognizer()
+    if recognizer_options.get("model_dir"):
+        recognizer_options["model_dir"] = _anchor(recognizer_options["model_dir"])
+    asr = SpeechRecognizer.bind(recognizer_options=recognizer_options)
+    host = host_deployment.bind(tts, renderer, settings=host_settings.model_dump(), asr=asr,
+                                vad=cfg.asr.vad(), llm=cfg.llm)
     return Api.bind(host, settings=_with_session_secret(cfg.api).model_dump())
 
 

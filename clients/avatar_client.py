@@ -9,20 +9,30 @@
 It records, per received video frame, the arrival time and a mouth-openness metric (mean
 darkness of the avatar's mouth box), and per 20 ms audio frame the arrival time and RMS.
 `client.events()` reads the session's `GET /sse` (clients/sse.py) on the same clock.
+
+With `microphone=Microphone()` the offer's audio m-line is sendrecv and carries a microphone:
+`client.microphone.say(pcm)` plays a WAV's samples into it at real time (silence otherwise) and
+records when its speech started and ended being sent (time.monotonic()), for latencies.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fractions
 import time
+from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import av
 import httpx
 import numpy as np
+import soundfile as sf
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamError
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 
 from clients.sse import EventStream
+from deployments.common.audio import resample, to_int16
 from deployments.rtc.ice import configure_host_addresses, rtc_configuration
 
 
@@ -35,15 +45,88 @@ class Recording:
     last_frame: np.ndarray | None = None
 
 
+MIC_RATE = 48000
+MIC_FRAME = MIC_RATE // 50  # 20 ms, as a browser sends
+SPEECH_LEVEL = 0.01  # |sample| above this is speech (the WAV's own silence is not)
+
+
+@dataclass
+class Spoken:
+    """One `Microphone.say`: when its speech was sent (time.monotonic(); None until then)."""
+
+    speech_start: float | None = None
+    speech_end: float | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Microphone(AudioStreamTrack):
+    """A microphone track that plays queued speech at real time in 20 ms frames, silence otherwise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._queue: deque[tuple[np.ndarray, Spoken, int, int]] = deque()
+        self._pos = 0
+        self._start: float | None = None
+        self._sent = 0  # samples sent so far (the frames' timestamps)
+
+    def say(self, pcm: np.ndarray, rate: int = 16000, leading_silence_s: float = 0.3) -> Spoken:
+        """Queue speech (mono samples at `rate`) after `leading_silence_s` of silence."""
+        audio = resample(pcm, rate, MIC_RATE)
+        loud = np.flatnonzero(np.abs(audio) > SPEECH_LEVEL)
+        lead = round(leading_silence_s * MIC_RATE)
+        audio = np.concatenate([np.zeros(lead, np.float32), audio])
+        first, last = (lead + loud[0], lead + loud[-1]) if loud.size else (lead, lead)
+        spoken = Spoken()
+        self._queue.append((to_int16(audio), spoken, int(first), int(last)))
+        return spoken
+
+    def say_wav(self, path: str | Path, leading_silence_s: float = 0.3) -> Spoken:
+        """Queue a WAV file (16 or 48 kHz, mono or the mean of its channels)."""
+        pcm, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        return self.say(pcm.mean(axis=1), rate, leading_silence_s)
+
+    async def recv(self) -> av.AudioFrame:
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self._start is None:
+            self._start = time.monotonic()
+        else:  # real time: frame n leaves at start + n * 20 ms
+            await asyncio.sleep(max(0.0, self._start + self._sent / MIC_RATE - time.monotonic()))
+        out = np.zeros(MIC_FRAME, np.int16)
+        filled = 0
+        now = time.monotonic()
+        while filled < MIC_FRAME and self._queue:
+            audio, spoken, first, last = self._queue[0]
+            take = min(MIC_FRAME - filled, audio.size - self._pos)
+            out[filled : filled + take] = audio[self._pos : self._pos + take]
+            if spoken.speech_start is None and self._pos <= first < self._pos + take:
+                spoken.speech_start = now + (filled + first - self._pos) / MIC_RATE
+            if spoken.speech_end is None and self._pos <= last < self._pos + take:
+                spoken.speech_end = now + (filled + last - self._pos) / MIC_RATE
+            filled += take
+            self._pos += take
+            if self._pos >= audio.size:
+                self._queue.popleft()
+                self._pos = 0
+                spoken.done.set()
+        frame = av.AudioFrame.from_ndarray(out[None], format="s16", layout="mono")
+        frame.sample_rate = MIC_RATE
+        frame.pts = self._sent
+        frame.time_base = fractions.Fraction(1, MIC_RATE)
+        self._sent += MIC_FRAME
+        return frame
+
+
 class AvatarClient:
     """One WebRTC viewer session against a running server."""
 
     def __init__(self, base_url: str, *, mouth_box: tuple[int, int, int, int] | None = None,
-                 ice_addresses: tuple[str, ...] = ("127.0.0.1",)) -> None:
+                 ice_addresses: tuple[str, ...] = ("127.0.0.1",), microphone: Microphone | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self.mouth_box = mouth_box  # (y1, y2, x1, x2) in full-frame pixels
         self.http = httpx.AsyncClient(base_url=self.base_url, timeout=30.0)
         self.rec = Recording()
+        self.microphone = microphone  # sent over a sendrecv audio m-line when set
         self.sessionid: str | None = None
         self.token: str | None = None  # the session's token from the /offer answer
         self._tasks: list[asyncio.Task] = []
@@ -52,7 +135,10 @@ class AvatarClient:
 
     async def connect(self, timeout: float = 20.0) -> dict:
         self.pc.addTransceiver("video", direction="recvonly")
-        self.pc.addTransceiver("audio", direction="recvonly")
+        if self.microphone is not None:
+            self.pc.addTransceiver(self.microphone, direction="sendrecv")
+        else:
+            self.pc.addTransceiver("audio", direction="recvonly")
 
         @self.pc.on("track")
         def on_track(track) -> None:
@@ -119,6 +205,8 @@ class AvatarClient:
             except httpx.HTTPError:
                 pass
         await self.pc.close()
+        if self.microphone is not None:
+            self.microphone.stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

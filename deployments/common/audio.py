@@ -28,6 +28,7 @@ _NOT_AUDIO = "the upload is not decodable audio (expected wav, mp3, ogg or flac)
 __all__ = [
     "DEFAULT_MAX_UPLOAD_S",
     "StreamDecoder",
+    "StreamResampler",
     "decode_audio",
     "resample",
     "to_float32",
@@ -88,6 +89,31 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     channels = np.ascontiguousarray(x.reshape(-1, x.shape[-1]).T)
     y = soxr.resample(channels, sr_in, sr_out, quality=RESAMPLE_QUALITY)
     return np.ascontiguousarray(y.T, np.float32).reshape(x.shape[:-1] + (-1,))
+
+
+class StreamResampler:
+    """Resample a stream piece by piece (a microphone's 20 ms packets) with no seams between pieces.
+
+    `resample` on each piece alone would restart the filter at every edge (a click every 20 ms);
+    this keeps soxr's filter state from piece to piece. The input rate may change mid-stream (a
+    new codec): the filter then starts over.
+    """
+
+    def __init__(self, sr_out: int = SAMPLE_RATE) -> None:
+        self.sr_out = sr_out
+        self._sr_in: int | None = None
+        self._stream: soxr.ResampleStream | None = None
+
+    def feed(self, x: np.ndarray, sr_in: int) -> np.ndarray:
+        """The float32 mono samples at `sr_out` that `x` (1-D, any dtype, at `sr_in`) completes."""
+        x = to_float32(x).reshape(-1)
+        if sr_in == self.sr_out:
+            return x
+        if sr_in != self._sr_in:
+            self._sr_in = sr_in
+            self._stream = soxr.ResampleStream(sr_in, self.sr_out, 1, dtype="float32", quality=RESAMPLE_QUALITY)
+        assert self._stream is not None
+        return self._stream.resample_chunk(x).astype(np.float32, copy=False)
 
 
 class StreamDecoder:

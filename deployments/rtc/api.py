@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from deployments.common.audio import decode_audio
-from deployments.common.errors import AvatarError, BadRequest, NotConfigured
+from deployments.common.errors import AvatarError, BadRequest
 from deployments.common.logs import adopt_serve_logging
 from deployments.rtc import host_calls
 from deployments.rtc.auth import API_KEY_HEADER, TOKEN_HEADER, ApiKeyGuard, check_session_token, session_token, token_of
@@ -215,9 +215,8 @@ class Api:
                 raise BadRequest("'type' must be 'echo' or 'chat'")
             text = text_field(fields, "text", self.settings.max_text_chars)
             interrupt = bool_field(fields, "interrupt")
-            if kind == "chat":
-                raise NotConfigured("chat is not configured: no LLM is set up on this server (use type 'echo')")
-            await host_calls.session_call(sid, self._for(sid).human.remote(sid, text, interrupt))
+            # "chat" answers 501 (from the host) when no LLM is configured
+            await host_calls.session_call(sid, self._for(sid).human.remote(sid, text, interrupt, kind))
         return ok()
 
     @app.post("/humanaudio")

@@ -8,6 +8,7 @@ import logging
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 from aiortc import RTCPeerConnection
@@ -16,19 +17,23 @@ from ray import serve
 from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
 
+from deployments.asr.vad import VadSettings
 from deployments.avatar.assets import load_avatar
 from deployments.avatar.paste import make_paster
 from deployments.avatar.types import RenderRequest, RenderResult
 from deployments.common.errors import (
     BadRequest,
+    NotConfigured,
     Overloaded,
     SessionGone,
     SessionNotFound,
     TooManyRequests,
 )
 from deployments.common.logs import SessionLog, adopt_serve_logging
+from deployments.llm import LlmChat, LlmSettings, make_client
 from deployments.rtc import host_registry
 from deployments.rtc.conductor import Conductor, ConductorConfig
+from deployments.rtc.conversation import Conversation, ConversationSettings
 from deployments.rtc.events import HEARTBEAT_S, MAX_LISTENERS, OPENED, EventBus, delayed, sse_stream
 from deployments.rtc.host_registry import Owner
 from deployments.rtc.ice import configure_host_addresses, rtc_configuration
@@ -78,6 +83,12 @@ class HostSettings(BaseModel):
     # Sentence events go out this long after their slot is sent: a receiver holds audio about as
     # long in its jitter buffer (aiortc 4 packets = 80 ms; browsers 40-100 ms on a quiet network).
     playout_delay_s: float = Field(0.08, ge=0, le=1)
+    # Conversation (microphone and chat): "auto" chats when an LLM is configured, else echoes
+    # what it recognised; the user's speech held barge_in_min_speech_ms stops the avatar.
+    conversation_mode: Literal["auto", "echo", "chat"] = "auto"
+    barge_in: bool = True
+    barge_in_min_speech_ms: int = Field(200, ge=0, le=5000)
+    partial_interval_s: float = Field(0.5, ge=0.1, le=10)
 
 
 @serve.deployment(
@@ -97,10 +108,26 @@ class HostSettings(BaseModel):
 class SessionHost:
     """Peer connections and conductors of the sessions this replica owns."""
 
-    def __init__(self, tts: DeploymentHandle, renderer: DeploymentHandle, settings: dict | None = None) -> None:
+    def __init__(self, tts: DeploymentHandle, renderer: DeploymentHandle, settings: dict | None = None,
+                 asr: DeploymentHandle | None = None, vad: dict[str, Any] | None = None,
+                 llm: LlmSettings | None = None) -> None:
+        """Args: the TTS and renderer handles; `HostSettings` fields; the SpeechRecognizer (None:
+        microphones are not listened to); `VadSettings` fields; the LLM (chat when enabled).
+        """
         adopt_serve_logging()
         self.settings = HostSettings(**(settings or {}))
-        self._tts, self._renderer = tts, renderer
+        self._tts, self._renderer, self._asr = tts, renderer, asr
+        self._llm = llm or LlmSettings()
+        if self.settings.conversation_mode == "chat" and not self._llm.enabled:
+            raise ValueError("conversation_mode 'chat' needs an LLM: set llm.base_url and llm.model")
+        chat = self.settings.conversation_mode == "chat" or (
+            self.settings.conversation_mode == "auto" and self._llm.enabled)
+        self._conversation = ConversationSettings(
+            mode="chat" if chat else "echo", barge_in=self.settings.barge_in,
+            partial_interval_s=self.settings.partial_interval_s,
+            vad=VadSettings(**{**(vad or {}), "min_speech_ms": self.settings.barge_in_min_speech_ms}))
+        # One SDK client (one connection pool) for every session's chat on this replica.
+        self._llm_client = make_client(self._llm) if self._llm.enabled else None
         self._replica_id = serve.get_replica_context().replica_id.unique_id
         self._tag = owner_tag(self._replica_id)
         self._avatar = load_avatar(Path(self.settings.data_dir) / self.settings.avatar_id)
@@ -150,11 +177,11 @@ class SessionHost:
         """First calls pay for handle set-up and the avatar load in the renderer: pay them while
         the first viewer connects, not at its first sentence.
         """
+        calls = [self._tts.sample_rate.remote(), self._renderer.avatar_info.remote(self.settings.avatar_id)]
+        if self._asr is not None:  # Whisper's first decode costs several times a later one
+            calls.append(self._asr.transcribe.remote(np.zeros(8000, np.float32), final=False, session_id="warm-up"))
         try:
-            await asyncio.gather(
-                self._tts.sample_rate.remote(),
-                self._renderer.avatar_info.remote(self.settings.avatar_id),
-            )
+            await asyncio.gather(*calls)
         except Exception as exc:  # a real failure shows up again, with its context, when used
             log.warning("warm-up failed: %s", exc)
 
@@ -227,7 +254,14 @@ class SessionHost:
         )
         video = AvatarVideoTrack(clock, timeline, self._avatar.full_frames[0])
         audio = AvatarAudioTrack(clock, timeline)
-        session = Session(session_id, pc, conductor, clock, timeline, video, audio, client=client, events=events)
+        chat = LlmChat(self._llm, client=self._llm_client, session_id=session_id) \
+            if self._llm_client is not None else None
+        conversation = Conversation(
+            session_id=session_id, conductor=conductor, publish=events.publish,
+            transcribe=self._transcribe if self._asr is not None else None, chat=chat,
+            settings=self._conversation if chat is not None else self._conversation.model_copy(update={"mode": "echo"}))
+        session = Session(session_id, pc, conductor, clock, timeline, video, audio, client=client, events=events,
+                          conversation=conversation)
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -263,24 +297,40 @@ class SessionHost:
         return {}
 
     # ---- speech --------------------------------------------------------------------------
-    async def human(self, session_id: str, text: str, interrupt: bool) -> dict:
+    async def human(self, session_id: str, text: str, interrupt: bool, kind: str = "echo") -> dict:
+        """Speak `text` ("echo") or answer it with the LLM ("chat"; NotConfigured without one)."""
         session = self._session(session_id)
+        conversation = session.conversation
+        if kind == "chat" and (conversation is None or self._llm_client is None):
+            raise NotConfigured("chat is not configured: no LLM is set up on this server (use type 'echo')")
         if interrupt:
-            session.conductor.interrupt(reason="api")
-        session.conductor.say(text)
+            self._interrupt(session)
+        if kind == "chat":
+            assert conversation is not None
+            conversation.ask(text)
+        else:
+            session.conductor.say(text)
         return {}
+
+    @staticmethod
+    def _interrupt(session: Session) -> None:
+        """Stop speech, TTS and a running reply (its LLM stream too)."""
+        if session.conversation is not None:
+            session.conversation.interrupt(reason="api")
+        else:
+            session.conductor.interrupt(reason="api")
 
     async def human_audio(self, session_id: str, pcm: np.ndarray, interrupt: bool) -> dict:
         session = self._session(session_id)
         if pcm.size == 0:
             raise BadRequest("the audio upload holds no samples")
         if interrupt:
-            session.conductor.interrupt(reason="api")
+            self._interrupt(session)
         session.conductor.play(np.array(pcm, np.float32))
         return {"seconds": round(pcm.size / 16000, 3)}
 
     async def interrupt(self, session_id: str) -> dict:
-        self._session(session_id).conductor.interrupt(reason="api")
+        self._interrupt(self._session(session_id))
         return {}
 
     async def events(self, session_id: str) -> AsyncIterator[str]:
@@ -317,6 +367,10 @@ class SessionHost:
         for piece in rest:
             yield await self._tts.synthesize.remote(piece, session_id)
 
+    async def _transcribe(self, pcm: np.ndarray, final: bool, session_id: str) -> dict:
+        assert self._asr is not None
+        return await self._asr.transcribe.remote(pcm, final=final, session_id=session_id)
+
     async def _render(self, req: RenderRequest) -> RenderResult:
         return await self._renderer.render.remote(req)
 
@@ -325,3 +379,5 @@ class SessionHost:
             reaper.cancel()
         await asyncio.gather(*(s.aclose() for s in self._sessions.values()), return_exceptions=True)
         self._sessions.clear()
+        if self._llm_client is not None:
+            await self._llm_client.close()

@@ -1,4 +1,4 @@
-"""One viewer: its peer connection, the two paced tracks, its conductor and its event bus."""
+"""One viewer: its peer connection, the two paced tracks, its conductor, its conversation and its event bus."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from aiortc.codecs import h264, vpx
 from deployments.common.errors import BadOffer
 from deployments.common.logs import SessionLog
 from deployments.rtc.conductor import Conductor
+from deployments.rtc.conversation import Conversation
 from deployments.rtc.events import EventBus
 from deployments.rtc.timeline import FRAME_S, MediaClock, MediaTimeline
 from deployments.rtc.tracks import AvatarAudioTrack, AvatarVideoTrack
@@ -33,7 +34,8 @@ class Session:
 
     def __init__(self, session_id: str, pc: RTCPeerConnection, conductor: Conductor, clock: MediaClock,
                  timeline: MediaTimeline, video: AvatarVideoTrack, audio: AvatarAudioTrack,
-                 client: str = "", events: EventBus | None = None) -> None:
+                 client: str = "", events: EventBus | None = None,
+                 conversation: Conversation | None = None) -> None:
         self.id = session_id
         self.client = client  # the address that sent the offer (per-client admission)
         self.connected = False  # set once the peer connection has reached "connected"
@@ -42,6 +44,7 @@ class Session:
         self.clock, self.timeline = clock, timeline
         self.video, self.audio = video, audio
         self.events = events or EventBus()  # what `GET /sse` relays; closed with the session
+        self.conversation = conversation  # the microphone and chat; None: speech only as sent
         self._task: asyncio.Task | None = None
         self._failing: asyncio.Task | None = None
         self.closed = asyncio.Event()
@@ -70,7 +73,18 @@ class Session:
                 on_failure(self.id, self.failure or "")
 
     async def answer(self, sdp: str, sdp_type: str) -> RTCSessionDescription:
-        """Apply the client's offer and return our answer (ICE gathered, non-trickle)."""
+        """Apply the client's offer and return our answer (ICE gathered, non-trickle).
+
+        An audio m-line that is sendrecv with a track carries the user's microphone: its track
+        goes to the conversation.
+        """
+        conversation = self.conversation
+
+        @self.pc.on("track")
+        def on_track(track) -> None:
+            if track.kind == "audio" and conversation is not None:
+                conversation.listen(track)
+
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=sdp_type))
         except Exception as exc:
@@ -104,6 +118,7 @@ class Session:
             "errors": list(self.conductor.errors)[-5:],
             "stage_errors": dict(self.conductor.stage_errors),  # failures by stage since the start
             "event_listeners": self.events.listeners,  # open GET /sse streams
+            **({"conversation": self.conversation.stats()} if self.conversation is not None else {}),
         }
 
     def media_stats(self) -> dict:
@@ -123,6 +138,8 @@ class Session:
             return
         self.closed.set()
         self.events.close()  # every event stream of the session ends
+        if self.conversation is not None:
+            await self.conversation.aclose()
         await self.conductor.aclose()
         if self._task is not None:
             self._task.cancel()

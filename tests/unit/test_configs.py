@@ -20,7 +20,7 @@ from serve_app import AppArgs
 pytestmark = pytest.mark.unit
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
-GRAPH = {"Api", "SessionHost", "TTSService", "AvatarRenderer"}
+GRAPH = {"Api", "SessionHost", "TTSService", "AvatarRenderer", "SpeechRecognizer"}
 USER_CONFIGS = {"AvatarRenderer": RendererConfig}
 
 

@@ -1,6 +1,7 @@
 """The import graph of `deployments`: no circles, and the layers import one way only.
 
     rtc ──► avatar ──► asr ──► common        tts ──► common        llm ──► common        (serve_app reads them all)
+    rtc ──► asr, llm (the conversation: VAD, recogniser calls, the chat)
 
 `common` is the shared contract (units, features, model registry, errors) and imports nothing
 else of ours; `asr` never imports `avatar` (features do not depend on who consumes them).
@@ -25,7 +26,7 @@ ALLOWED = {
     "tts": {"common"},
     "llm": {"common"},
     "avatar": {"common", "asr"},
-    "rtc": {"common", "avatar"},
+    "rtc": {"common", "avatar", "asr", "llm"},
 }
 
 

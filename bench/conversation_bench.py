@@ -1,0 +1,136 @@
+"""Voice-to-voice and barge-in latency of the conversation loop, on a real Serve app.
+
+    scripts/loopback_only.sh .venv/bin/python -m bench.conversation_bench [--runs 5]
+
+An aiortc client speaks Piper-made WAVs (tests/data) over its microphone track; a local
+OpenAI-protocol server (tests/openai_server.py) answers with its first token after 100 ms.
+Server marks (wall clock, the session's `conversation.last_turn` stats and `/sse` events) and
+the client's (time.monotonic(), same host) are put on one clock. Stages of voice-to-voice:
+
+    vad      end of the user's speech at the client -> end of turn at the server (transport,
+             jitter buffer, `end_silence_ms` of silence)
+    asr      -> final transcript
+    llm      -> first sentence complete (LLM first token + tokens to the first clause/sentence)
+    tts      -> its first slot plays at the server (TTS first audio, render, queue)
+    transport-> first answer audio at the client
+
+Barge-in: onset of the user's speech at the client -> the avatar's audio silent at the client,
+and -> the LLM stream cut at the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from pathlib import Path
+
+import ray
+from ray import serve
+
+from clients import analysis
+from clients.avatar_client import AvatarClient, Microphone
+from deployments.avatar.builder import build_avatar
+from serve_app import AppArgs, bind_graph
+from tests.openai_server import OpenAIServer, Script
+
+PORT, LLM_PORT = 8141, 8143
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
+ANSWER = "Sure, the lights are on. Anything else I can do for you today?"
+LONG = ("Tomorrow will be sunny and warm in the morning, with a light breeze from the west. In the afternoon "
+        "clouds build up over the hills, and rain may come late in the evening.")
+
+
+def _ms(x: float) -> str:
+    return f"{x * 1000:6.0f} ms"
+
+
+async def _voice_to_voice(client: AvatarClient, events, offset: float) -> dict[str, float]:
+    """One turn; stage durations in seconds."""
+    n = len(events.events)
+    spoken = client.microphone.say_wav(DATA / "speech_lights.wav")
+    t_start, start = await events.wait_for(
+        lambda e: e.get("status") == "start" and e["seq"] > (events.events[n - 1][1]["seq"] if n else 0), timeout=30)
+    await asyncio.sleep(0.4)
+    heard = analysis.first_speech_after(client.rec, spoken.speech_end)
+    marks = (await client.http.get(f"/sessions/{client.sessionid}")).json()["data"]["conversation"]["last_turn"]
+    speech_end = spoken.speech_end + offset  # on the wall clock
+    played = start["t"] - 0.08  # the start event goes out playout_delay_s after its slot is sent
+    await events.wait_for(lambda e: e.get("status") == "end" and e["seq"] > start["seq"]
+                          and e["text"].startswith("Anything"), timeout=30)
+    return {"vad": marks["turn_end_t"] - speech_end, "asr": marks["asr_final_t"] - marks["turn_end_t"],
+            "llm": marks["first_sentence_t"] - marks["asr_final_t"], "tts": played - marks["first_sentence_t"],
+            "transport": heard + offset - played, "total": heard - spoken.speech_end}
+
+
+async def _barge_in(client: AvatarClient, events, server: OpenAIServer) -> dict[str, float]:
+    server.script = Script(reply=LONG, ttft_s=0.1, tokens_per_s=5)
+    n = len(server.requests)
+    spoken = client.microphone.say_wav(DATA / "speech_lights.wav")
+    first = spoken
+    while len(server.requests) == n:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.3)
+    while analysis.first_speech_after(client.rec, first.speech_end or time.monotonic()) is None:
+        await asyncio.sleep(0.02)
+    await asyncio.sleep(0.5)
+    exchange = server.requests[n]
+    barge = client.microphone.say_wav(DATA / "speech_weather.wav", leading_silence_s=0.0)
+    await exchange.ended_within(5.0)
+    await asyncio.sleep(1.0)
+    last = analysis.last_speech_after(client.rec, time.monotonic() - 2.0)
+    server.script = Script(reply=ANSWER, ttft_s=0.1, tokens_per_s=30)
+    await events.wait_for(lambda e: e.get("status") == "end" and e["text"].startswith("Anything")
+                          and e["t"] > time.time() - 0.5 - 30, timeout=30)
+    return {"silent": (last or barge.speech_start) - barge.speech_start,
+            "llm_cut": (exchange.ended or float("nan")) - barge.speech_start, "cut": float(exchange.cut)}
+
+
+async def main(runs: int) -> None:
+    offset = time.time() - time.monotonic()
+    with OpenAIServer(port=LLM_PORT) as server:
+        server.script = Script(reply=ANSWER, ttft_s=0.1, tokens_per_s=30)
+        client = AvatarClient(f"http://127.0.0.1:{PORT}", microphone=Microphone())
+        await client.connect()
+        events = client.events()
+        await events.open()
+        try:
+            await asyncio.sleep(2.0)  # warm-ups (Whisper's first decode) are done
+            v2v = [await _voice_to_voice(client, events, offset) for _ in range(runs)]
+            barge = [await _barge_in(client, events, server) for _ in range(max(1, runs // 2))]
+        finally:
+            await events.close()
+            await client.close()
+    print(f"voice-to-voice over {runs} turns (median, min-max), LLM first token 100 ms:")
+    for stage in ("vad", "asr", "llm", "tts", "transport", "total"):
+        xs = [r[stage] for r in v2v]
+        print(f"  {stage:9s} {_ms(statistics.median(xs))}   ({_ms(min(xs))} - {_ms(max(xs))})")
+    for key, label in (("silent", "onset -> avatar audio silent at the client"),
+                       ("llm_cut", "onset -> LLM stream closed at the server")):
+        xs = [r[key] for r in barge]
+        print(f"barge-in {label}: {', '.join(_ms(x).strip() for x in xs)}")
+    print(f"LLM stream cut on every barge-in: {all(r['cut'] for r in barge)}")
+
+
+def run() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    data = Path("/tmp/conversation_bench_avatars")
+    if not (data / "testface").is_dir():
+        build_avatar("testface", astronaut=True, out_dir=data, idle_seconds=1.0, progress=False)
+    cfg = AppArgs(data_dir=str(data), avatar_id="testface", ice_host_addresses=["127.0.0.1"],
+                  llm={"base_url": f"http://127.0.0.1:{LLM_PORT}/v1", "model": "test-model"})
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+        serve.run(bind_graph(cfg), name="avatar", route_prefix="/")
+        asyncio.run(main(args.runs))
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    run()

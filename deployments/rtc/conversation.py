@@ -1,0 +1,286 @@
+"""One session's conversation: the user's microphone in, the avatar's answer out, barge-in.
+
+    microphone (48 kHz WebRTC) ─► 16 kHz ─► VadSegmenter ─► SpeechOnset ─► barge-in (interrupt)
+                                                        └─► turn audio ─► SpeechRecognizer
+                                                              partials ─► asr_partial
+                                                              final    ─► asr_final ─► reply
+    reply: echo ─► conductor.say(transcript)
+           chat ─► LlmChat.reply ─► llm_delta events, split_stream ─► conductor.say(sentence)
+
+A reply (transcription included) runs as one task, so the microphone keeps being read while the
+avatar answers: the user's next onset cancels it (the LLM's HTTP stream closes with it) and
+interrupts the conductor. The chat's history then keeps only the sentences the user heard (those
+whose `start` cue played). `/human` with type "chat" enters at `ask`, past the recogniser.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Literal
+
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from pydantic import BaseModel, ConfigDict, Field
+
+from deployments.asr.vad import SpeechOnset, TurnEnd, VadSegmenter, VadSettings
+from deployments.common.audio import StreamResampler
+from deployments.common.errors import AvatarError, NotConfigured
+from deployments.common.logs import SessionLog
+from deployments.llm import LlmChat, LlmError, split_stream
+from deployments.rtc.conductor import Conductor
+from deployments.rtc.events import Publish
+from deployments.rtc.utterance import Utterance
+
+log = logging.getLogger(__name__)
+
+# (pcm, final, session_id) -> {"text", "seconds", "audio_s", "final", "superseded"}
+TranscribeFn = Callable[[np.ndarray, bool, str], Awaitable[dict[str, Any]]]
+
+__all__ = ["Conversation", "ConversationSettings", "TranscribeFn", "frame_pcm"]
+
+
+class ConversationSettings(BaseModel):
+    """How a session converses.
+
+    Attributes:
+        mode: "echo" speaks the transcript back; "chat" answers it with the LLM.
+        barge_in: The user's speech (held `vad.min_speech_ms`) stops the avatar and its reply.
+        partial_interval_s: Least time between two partial transcripts of a turn.
+        vad: The segmenter's thresholds (`end_silence_ms` ends a turn).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mode: Literal["echo", "chat"] = "echo"
+    barge_in: bool = True
+    partial_interval_s: float = Field(0.5, ge=0.1, le=10.0)
+    vad: VadSettings = Field(default_factory=VadSettings)
+
+
+def frame_pcm(frame: Any) -> tuple[np.ndarray, int]:
+    """An aiortc/PyAV audio frame as mono samples (any dtype) and its rate: channels averaged."""
+    data = frame.to_ndarray()
+    channels = len(frame.layout.channels)
+    if channels > 1:
+        data = data.reshape(channels, -1) if frame.format.is_planar else data.reshape(-1, channels).T
+        data = data.astype(np.float32).mean(axis=0) / (32768.0 if frame.format.name.startswith("s16") else 1.0)
+    return data.reshape(-1), frame.sample_rate
+
+
+class Conversation:
+    """The conversation of one session: listens, recognises, answers, yields to the user.
+
+    Args:
+        session_id: The session (log lines, the recogniser's grouping of partials).
+        conductor: Speaks the answers; interrupted on barge-in.
+        publish: The session's event bus (`asr_partial`, `asr_final`, `llm_delta`, `error`).
+        transcribe: The SpeechRecognizer call; None when the microphone is not supported.
+        chat: The session's LLM chat; None in echo mode.
+        settings: Mode, barge-in, VAD.
+    """
+
+    def __init__(self, *, session_id: str, conductor: Conductor, publish: Publish,
+                 transcribe: TranscribeFn | None, chat: LlmChat | None,
+                 settings: ConversationSettings | None = None) -> None:
+        settings = settings or ConversationSettings()
+        if settings.mode == "chat" and chat is None:
+            raise ValueError("chat mode needs an LlmChat")
+        self.id = session_id
+        self.settings = settings
+        self._log = SessionLog(log, session_id)
+        self._conductor, self._publish = conductor, publish
+        self._transcribe, self._chat = transcribe, chat
+        self._listen_task: asyncio.Task | None = None
+        self._partial_task: asyncio.Task | None = None
+        self._reply_task: asyncio.Task | None = None
+        self._finals = 0  # turns whose final transcript is known (later partials of them are stale)
+        self._reply_utts: list[Utterance] | None = None  # the latest LLM reply's sentences, until settled
+        self._closed = False
+        self.counts: dict[str, int] = {"turns": 0, "partials": 0, "replies": 0, "barge_ins": 0,
+                                       "llm_errors": 0, "asr_errors": 0}
+        self.errors: list[str] = []  # recent failures, for the session stats
+        self.last_turn: dict[str, float] = {}  # wall-clock marks of the latest turn (latency stages)
+
+    # ---- inputs --------------------------------------------------------------------------
+    def listen(self, track: MediaStreamTrack) -> None:
+        """Read the user's microphone track until it ends (one track per session)."""
+        if self._transcribe is None or self._listen_task is not None or self._closed:
+            return
+        self._listen_task = asyncio.create_task(self._listen(track), name=f"microphone-{self.id}")
+
+    def ask(self, text: str) -> None:
+        """Answer typed `text` as a chat turn (`/human` type "chat").
+
+        Raises:
+            NotConfigured: No LLM is configured.
+        """
+        if self._chat is None:
+            raise NotConfigured("chat is not configured: no LLM is set up on this server (use type 'echo')")
+        self.last_turn = {"ask_t": time.time()}
+        self._start_reply(self._answer(text), text=text)
+
+    def interrupt(self, reason: str = "api") -> None:
+        """Stop the avatar's speech and the running reply (its LLM stream is closed)."""
+        self._conductor.interrupt(reason=reason)
+        self._cancel_reply(heard_only=True)
+
+    @property
+    def replying(self) -> bool:
+        """A reply is being produced (transcription or LLM still running)."""
+        return self._reply_task is not None and not self._reply_task.done()
+
+    def stats(self) -> dict[str, Any]:
+        return {"mode": self.settings.mode, "microphone": self._listen_task is not None, **self.counts,
+                "replying": self.replying, "errors": self.errors[-5:], "last_turn": dict(self.last_turn)}
+
+    async def aclose(self) -> None:
+        """Stop listening and replying; nothing of the session keeps running."""
+        self._closed = True
+        tasks = [t for t in (self._listen_task, self._partial_task, self._reply_task) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._chat is not None:
+            await self._chat.aclose()
+
+    # ---- microphone ----------------------------------------------------------------------
+    async def _listen(self, track: MediaStreamTrack) -> None:
+        segmenter = VadSegmenter(self.settings.vad)
+        resampler = StreamResampler()
+        last_partial = 0.0
+        try:
+            while True:
+                frame = await track.recv()
+                pcm, rate = frame_pcm(frame)
+                for event in segmenter.feed(resampler.feed(pcm, rate)):
+                    if isinstance(event, SpeechOnset):
+                        self._on_onset()
+                        last_partial = time.monotonic()
+                    elif isinstance(event, TurnEnd):
+                        self._on_turn_end(event)
+                now = time.monotonic()
+                if segmenter.in_turn and now - last_partial >= self.settings.partial_interval_s \
+                        and (self._partial_task is None or self._partial_task.done()):
+                    last_partial = now
+                    audio = segmenter.turn_audio()
+                    if audio is not None and audio.size:
+                        self._partial_task = asyncio.create_task(
+                            self._partial(audio, self.counts["turns"]), name=f"partial-{self.id}")
+        except MediaStreamError:
+            self._log.debug("microphone track ended")
+
+    def _on_onset(self) -> None:
+        if self.settings.barge_in and (self._conductor.speaking or self.replying):
+            self.counts["barge_ins"] += 1
+            self.last_turn = {"barge_in_t": time.time()}
+            self._log.info("barge-in: the user spoke over the avatar")
+            self.interrupt(reason="barge_in")
+
+    def _on_turn_end(self, turn: TurnEnd) -> None:
+        # A partial still running finishes (a waiting one is superseded by the final at the
+        # recogniser); its text is published only if it comes before the final's.
+        self.counts["turns"] += 1
+        self._start_reply(self._turn(turn), text=None)
+
+    async def _partial(self, pcm: np.ndarray, turns_before: int) -> None:
+        assert self._transcribe is not None
+        try:
+            result = await self._transcribe(pcm, False, self.id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a partial is only a preview: the final reports failures
+            self._log.debug("partial transcript failed: %s", exc)
+            return
+        if not result.get("superseded") and result.get("text") and self._finals == turns_before:
+            self.counts["partials"] += 1
+            self._publish({"event": "asr_partial", "text": result["text"]})
+
+    # ---- replies -------------------------------------------------------------------------
+    def _start_reply(self, reply: Awaitable[None], text: str | None) -> None:
+        """Run `reply` as the session's one reply; a newer turn supersedes a running one."""
+        self._cancel_reply(heard_only=False)
+        previous = self._reply_task
+        self._reply_task = asyncio.create_task(self._after(previous, reply), name=f"reply-{self.id}")
+
+    async def _after(self, previous: asyncio.Task | None, reply: Awaitable[None]) -> None:
+        if previous is not None:  # one LLM reply at a time: the cancelled one closes its stream first
+            await asyncio.gather(previous, return_exceptions=True)
+        await reply
+
+    def _cancel_reply(self, *, heard_only: bool) -> None:
+        """Cancel the running reply; tell the chat what of the latest reply will have been heard:
+        the sentences that started playing (`heard_only`, after an interrupt) or all it queued.
+        """
+        if self._reply_task is not None and not self._reply_task.done():
+            self._reply_task.cancel()
+        if self._chat is not None and self._reply_utts is not None:
+            utts = [u for u in self._reply_utts if u.start_played] if heard_only else self._reply_utts
+            self._chat.spoken(" ".join(u.text for u in utts))
+            self._reply_utts = None
+
+    async def _turn(self, turn: TurnEnd) -> None:
+        assert self._transcribe is not None
+        self.last_turn = {"turn_end_t": time.time(), "speech_end_lag_s": round(turn.at_s - turn.end_s, 3)}
+        try:
+            result = await self._transcribe(turn.pcm, True, self.id)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._finals += 1
+            self._failed("asr", exc)
+            return
+        text = " ".join(str(result.get("text", "")).split())
+        self._finals += 1
+        self.last_turn["asr_final_t"] = time.time()
+        if not text:
+            return
+        self._publish({"event": "asr_final", "text": text})
+        if self.settings.mode == "chat":
+            await self._answer(text)
+        else:
+            self._say(text)
+
+    async def _answer(self, text: str) -> None:
+        """Stream the LLM's answer to `text` into the conductor, sentence by sentence."""
+        assert self._chat is not None
+        self.counts["replies"] += 1
+        utts: list[Utterance] = []
+        self._reply_utts = utts
+        marks = self.last_turn
+        try:
+            async for sentence in split_stream(self._deltas(self._chat.reply(text), marks)):
+                marks.setdefault("first_sentence_t", time.time())
+                utt = self._say(sentence)
+                if utt is not None:
+                    utts.append(utt)
+        except LlmError as exc:
+            self._failed("llm", exc)
+        marks["llm_done_t"] = time.time()
+
+    async def _deltas(self, deltas: AsyncIterator[str], marks: dict[str, float]) -> AsyncIterator[str]:
+        try:
+            async for delta in deltas:
+                marks.setdefault("llm_first_delta_t", time.time())
+                self._publish({"event": "llm_delta", "text": delta})
+                yield delta
+        finally:
+            with contextlib.suppress(Exception):
+                await deltas.aclose()  # type: ignore[attr-defined]
+
+    def _say(self, text: str) -> Utterance | None:
+        try:
+            return self._conductor.say(text)
+        except AvatarError as exc:  # the speech queue is full: this sentence is lost, the session goes on
+            self._failed("tts", exc)
+            return None
+
+    def _failed(self, stage: str, exc: Exception) -> None:
+        message = getattr(exc, "msg", None) or str(exc) or type(exc).__name__
+        self.counts[f"{stage}_errors"] = self.counts.get(f"{stage}_errors", 0) + 1
+        self.errors = [*self.errors[-9:], f"{stage}: {message}"]
+        self._log.warning("%s failed: %s", stage, message)
+        self._publish({"event": "error", "stage": stage, "message": message})
