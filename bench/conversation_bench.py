@@ -59,6 +59,7 @@ async def _voice_to_voice(client: AvatarClient, events, offset: float) -> dict[s
     played = start["t"] - 0.08  # the start event goes out playout_delay_s after its slot is sent
     await events.wait_for(lambda e: e.get("status") == "end" and e["seq"] > start["seq"]
                           and e["text"].startswith("Anything"), timeout=30)
+    print(f"turn: final transcript {'started in the pause' if marks.get('early_final') else 'at the end of turn'}")
     return {"vad": marks["turn_end_t"] - speech_end, "asr": marks["asr_final_t"] - marks["turn_end_t"],
             "llm": marks["first_sentence_t"] - marks["asr_final_t"], "tts": played - marks["first_sentence_t"],
             "transport": heard + offset - played, "total": heard - spoken.speech_end}

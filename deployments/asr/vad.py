@@ -262,6 +262,25 @@ class VadSegmenter:
             return None
         return self._audio.read(self._speech_start - self._pre_roll, self._audio.end)
 
+    @property
+    def trailing_silence_s(self) -> float:
+        """Seconds of silence since the current turn's speech paused; 0 while it goes on or outside a turn."""
+        if self._speech_start is None or self._silence_from is None:
+            return 0.0
+        return (self._scored - self._silence_from) / SAMPLE_RATE
+
+    def audio_if_turn_ends(self) -> tuple[float, np.ndarray] | None:
+        """What `TurnEnd.pcm` will be if the pause going on now ends the turn, with the `end_s` it
+        will carry (so an early transcript of it can be matched to the turn); None outside a pause
+        longer than the post-roll.
+        """
+        if self._speech_start is None or self._silence_from is None:
+            return None
+        end = self._speech_end + self._post_roll
+        if end > self._audio.end:
+            return None
+        return _s(self._speech_end), self._audio.read(self._speech_start - self._pre_roll, end)
+
     def feed(self, pcm: np.ndarray) -> list[VadEvent]:
         """Take the next piece of the stream; return the events it completed, in order.
 

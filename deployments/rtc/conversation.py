@@ -58,6 +58,10 @@ class ConversationSettings(BaseModel):
     mode: Literal["echo", "chat"] = "echo"
     barge_in: bool = True
     partial_interval_s: float = Field(0.5, ge=0.1, le=10.0)
+    # The final transcript starts this far into a pause, before the pause is long enough to end the
+    # turn (`vad.end_silence_ms`): if it does end the turn, the transcript is (nearly) ready. A pause
+    # that turns out to be mid-sentence costs one wasted decode. None = only at the turn's end.
+    early_final_s: float | None = Field(0.2, ge=0.0, le=5.0)
     vad: VadSettings = Field(default_factory=VadSettings)
 
 
@@ -97,6 +101,7 @@ class Conversation:
         self._listen_task: asyncio.Task | None = None
         self._partial_task: asyncio.Task | None = None
         self._reply_task: asyncio.Task | None = None
+        self._early: tuple[float, asyncio.Task] | None = None  # (speech end it is for, final transcript)
         self._finals = 0  # turns whose final transcript is known (later partials of them are stale)
         self._reply_utts: list[Utterance] | None = None  # the latest LLM reply's sentences, until settled
         self._closed = False
@@ -140,7 +145,8 @@ class Conversation:
     async def aclose(self) -> None:
         """Stop listening and replying; nothing of the session keeps running."""
         self._closed = True
-        tasks = [t for t in (self._listen_task, self._partial_task, self._reply_task) if t is not None]
+        early = self._early[1] if self._early is not None else None
+        tasks = [t for t in (self._listen_task, self._partial_task, self._reply_task, early) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -162,8 +168,11 @@ class Conversation:
                         last_partial = time.monotonic()
                     elif isinstance(event, TurnEnd):
                         self._on_turn_end(event)
+                self._start_early_final(segmenter)
                 now = time.monotonic()
-                if segmenter.in_turn and now - last_partial >= self.settings.partial_interval_s \
+                # No partial during a pause: the recogniser's worker is the final's.
+                if segmenter.in_turn and not segmenter.trailing_silence_s \
+                        and now - last_partial >= self.settings.partial_interval_s \
                         and (self._partial_task is None or self._partial_task.done()):
                     last_partial = now
                     audio = segmenter.turn_audio()
@@ -172,6 +181,21 @@ class Conversation:
                             self._partial(audio, self.counts["turns"]), name=f"partial-{self.id}")
         except MediaStreamError:
             self._log.debug("microphone track ended")
+
+    def _start_early_final(self, segmenter: VadSegmenter) -> None:
+        """Transcribe a pause's would-be turn before the pause ends it; drop it if speech resumes."""
+        early_s = self.settings.early_final_s
+        pending = segmenter.audio_if_turn_ends() if early_s is not None else None
+        if self._early is not None and (pending is None or pending[0] != self._early[0]):
+            if segmenter.in_turn:  # speech resumed: that transcript is of a shorter turn
+                self._early[1].cancel()
+                self._early = None
+        if pending is None or self._early is not None or segmenter.trailing_silence_s < early_s:
+            return
+        end_s, pcm = pending
+        assert self._transcribe is not None
+        task = asyncio.ensure_future(self._transcribe(pcm, True, self.id))
+        self._early = (end_s, task)
 
     def _on_onset(self) -> None:
         if self.settings.barge_in and (self._conductor.speaking or self.replying):
@@ -184,7 +208,13 @@ class Conversation:
         # A partial still running finishes (a waiting one is superseded by the final at the
         # recogniser); its text is published only if it comes before the final's.
         self.counts["turns"] += 1
-        self._start_reply(self._turn(turn), text=None)
+        early, self._early = self._early, None
+        if early is not None and early[0] != turn.end_s:  # not of this audio
+            early[1].cancel()
+            early = None
+        self._start_reply(self._turn(turn, early[1] if early is not None else None), text=None)
+        if early is not None:  # a reply cancelled before it awaited the early transcript drops it too
+            self._reply_task.add_done_callback(lambda _, task=early[1]: task.cancel())
 
     async def _partial(self, pcm: np.ndarray, turns_before: int) -> None:
         assert self._transcribe is not None
@@ -222,11 +252,13 @@ class Conversation:
             self._chat.spoken(" ".join(u.text for u in utts))
             self._reply_utts = None
 
-    async def _turn(self, turn: TurnEnd) -> None:
+    async def _turn(self, turn: TurnEnd, early: asyncio.Future | None = None) -> None:
+        """Transcribe the turn (or take its early transcript), then echo or answer it."""
         assert self._transcribe is not None
-        self.last_turn = {"turn_end_t": time.time(), "speech_end_lag_s": round(turn.at_s - turn.end_s, 3)}
+        self.last_turn = {"turn_end_t": time.time(), "speech_end_lag_s": round(turn.at_s - turn.end_s, 3),
+                          "early_final": early is not None}
         try:
-            result = await self._transcribe(turn.pcm, True, self.id)
+            result = await (early if early is not None else self._transcribe(turn.pcm, True, self.id))
         except asyncio.CancelledError:
             raise
         except Exception as exc:

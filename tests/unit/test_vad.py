@@ -219,3 +219,26 @@ def test_real_time_factor_is_small(lights: np.ndarray, weather: np.ndarray) -> N
     print(f"VAD real-time factor: {rtf:.4f} over {stream.size / SAMPLE_RATE:.1f} s")
     assert len(events) == 12
     assert rtf < 0.05  # a 20x margin over the measurement, for a busy CI box
+
+
+def test_a_pause_offers_the_turn_audio_before_it_ends_the_turn(lights: np.ndarray, weather: np.ndarray) -> None:
+    """`audio_if_turn_ends` during a pause is exactly the `TurnEnd.pcm` that pause makes (so an
+    early final transcript can be used), and a pause that speech resumes after offers a shorter one.
+    """
+    seg = VadSegmenter()
+    stream = np.concatenate([silence(0.8), lights, silence(0.3), weather, silence(1.0)])
+    offered: dict[float, np.ndarray] = {}
+    silences: list[float] = []
+    end = None
+    for i in range(0, stream.size, AUDIO_CHUNK_SAMPLES):
+        for event in seg.feed(stream[i : i + AUDIO_CHUNK_SAMPLES]):
+            end = event if isinstance(event, TurnEnd) else end
+        silences.append(seg.trailing_silence_s)
+        pending = seg.audio_if_turn_ends()
+        if pending is not None:
+            offered.setdefault(pending[0], pending[1])
+    assert end is not None and end.end_s in offered
+    np.testing.assert_array_equal(offered[end.end_s], end.pcm)
+    assert len(offered) >= 2, "the mid-sentence pause (and gaps between words) offered turns too"
+    assert min(offered) < end.end_s and offered[min(offered)].size < end.pcm.size
+    assert max(silences) >= 0.45 and silences[-1] == 0.0, "silence counted in a pause, 0 after the turn"
