@@ -1,6 +1,6 @@
 """Voice-to-voice and barge-in latency of the conversation loop, on a real Serve app.
 
-    scripts/loopback_only.sh .venv/bin/python -m bench.conversation_bench [--runs 5]
+    scripts/loopback_only.sh .venv/bin/python -m bench.conversation_bench [--runs 5 | --sessions 4]
 
 An aiortc client speaks Piper-made WAVs (tests/data) over its microphone track; a local
 OpenAI-protocol server (tests/openai_server.py) answers with its first token after 100 ms.
@@ -114,9 +114,37 @@ async def main(runs: int) -> None:
     print(f"LLM stream cut on every barge-in: {all(r['cut'] for r in barge)}")
 
 
+async def sessions_conversing(n: int, seconds: float = 20.0) -> None:
+    """`n` sessions talk to the avatar at once (each asks every ~7 s, staggered): video rate and
+    largest gap per session, and the turns answered.
+    """
+    with OpenAIServer(port=LLM_PORT) as server:
+        server.script = Script(reply=ANSWER, ttft_s=0.1, tokens_per_s=30)
+        clients = [AvatarClient(f"http://127.0.0.1:{PORT}", microphone=Microphone()) for _ in range(n)]
+        try:
+            for client in clients:
+                await client.connect()
+            await asyncio.sleep(2.0)
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < seconds:
+                for client in clients:
+                    client.microphone.say_wav(DATA / "speech_lights.wav", leading_silence_s=0.0)
+                    await asyncio.sleep(7.0 / n)  # a question (~2.5 s) and its answer (~3 s) per session
+            t1 = time.monotonic()
+            await asyncio.sleep(3.0)
+            print(f"{n} sessions conversing for {t1 - t0:.0f} s; LLM requests answered: {len(server.requests)}")
+            for i, client in enumerate(clients):
+                fps, gap = analysis.video_rate(client.rec, t0, t1)
+                spoken = analysis.speech_seconds(client.rec, t0, t1 + 3.0)
+                print(f"  session {i}: {fps:.1f} fps, largest gap {gap * 1000:.0f} ms, {spoken:.1f} s of answers heard")
+        finally:
+            await asyncio.gather(*(c.close() for c in clients))
+
+
 def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--sessions", type=int, default=0, help="instead: N sessions conversing at once")
     args = parser.parse_args()
     data = Path("/tmp/conversation_bench_avatars")
     if not (data / "testface").is_dir():
@@ -127,7 +155,7 @@ def run() -> None:
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": PORT})
         serve.run(bind_graph(cfg), name="avatar", route_prefix="/")
-        asyncio.run(main(args.runs))
+        asyncio.run(sessions_conversing(args.sessions) if args.sessions else main(args.runs))
     finally:
         serve.shutdown()
         ray.shutdown()
