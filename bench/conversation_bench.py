@@ -125,18 +125,24 @@ async def sessions_conversing(n: int, seconds: float = 20.0) -> None:
             for client in clients:
                 await client.connect()
             await asyncio.sleep(2.0)
-            t0 = time.monotonic()
+
+            async def frames_sent() -> list[int]:
+                return [(await c.http.get(f"/sessions/{c.sessionid}")).json()["data"]["video_frames_sent"]
+                        for c in clients]
+
+            sent0, t0 = await frames_sent(), time.monotonic()
             while time.monotonic() - t0 < seconds:
                 for client in clients:
                     client.microphone.say_wav(DATA / "speech_lights.wav", leading_silence_s=0.0)
                     await asyncio.sleep(7.0 / n)  # a question (~2.5 s) and its answer (~3 s) per session
-            t1 = time.monotonic()
+            sent1, t1 = await frames_sent(), time.monotonic()
             await asyncio.sleep(3.0)
             print(f"{n} sessions conversing for {t1 - t0:.0f} s; LLM requests answered: {len(server.requests)}")
             for i, client in enumerate(clients):
                 fps, gap = analysis.video_rate(client.rec, t0, t1)
                 spoken = analysis.speech_seconds(client.rec, t0, t1 + 3.0)
-                print(f"  session {i}: {fps:.1f} fps, largest gap {gap * 1000:.0f} ms, {spoken:.1f} s of answers heard")
+                print(f"  session {i}: sent {(sent1[i] - sent0[i]) / (t1 - t0):.1f} fps; at the client {fps:.1f} fps, "
+                      f"largest gap {gap * 1000:.0f} ms; {spoken:.1f} s of answers heard")
         finally:
             await asyncio.gather(*(c.close() for c in clients))
 
