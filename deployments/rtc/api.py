@@ -166,8 +166,10 @@ class Api:
                                        allow_methods=["GET", "POST"], allow_headers=CORS_HEADERS)
         return replica_app
 
-    def _for(self, session_id: str) -> DeploymentHandle:
-        return self._host.options(session_id=session_id)
+    async def _call(self, sid: str, method: str, *args: Any) -> Any:
+        """`SessionHost.<method>(sid, *args)` on the session's owner replica, its death answered."""
+        handle = self._host.options(session_id=sid)
+        return await host_calls.session_call(sid, getattr(handle, method).remote(sid, *args))
 
     def _session_of(self, request: Request, fields: dict[str, Any]) -> str:
         """The session id of a call, checked against its token when tokens are required."""
@@ -216,7 +218,7 @@ class Api:
             text = text_field(fields, "text", self.settings.max_text_chars)
             interrupt = bool_field(fields, "interrupt")
             # "chat" answers 501 (from the host) when no LLM is configured
-            await host_calls.session_call(sid, self._for(sid).human.remote(sid, text, interrupt, kind))
+            await self._call(sid, "human", text, interrupt, kind)
         return ok()
 
     @app.post("/humanaudio")
@@ -227,28 +229,27 @@ class Api:
             sid = self._session_of(request, fields)
             # Decoding and resampling take up to ~0.3 s: keep them off the event loop.
             pcm = await asyncio.to_thread(decode_audio, data, max_seconds=self.settings.max_upload_seconds)
-            result = await host_calls.session_call(
-                sid, self._for(sid).human_audio.remote(sid, pcm, bool_field(fields, "interrupt")))
+            result = await self._call(sid, "human_audio", pcm, bool_field(fields, "interrupt"))
         return ok(**result)
 
     @app.post("/interrupt_talk")
     async def interrupt_talk(self, request: Request) -> JSONResponse:
         with self._lookups.guard(client_of(request)):
             sid = self._session_of(request, await self._json_fields(request))
-            await host_calls.session_call(sid, self._for(sid).interrupt.remote(sid))
+            await self._call(sid, "interrupt")
         return ok()
 
     @app.post("/is_speaking")
     async def is_speaking(self, request: Request) -> JSONResponse:
         with self._lookups.guard(client_of(request)):
             sid = self._session_of(request, await self._json_fields(request))
-            return ok(data=await host_calls.session_call(sid, self._for(sid).is_speaking.remote(sid)))
+            return ok(data=await self._call(sid, "is_speaking"))
 
     @app.post("/close")
     async def close(self, request: Request) -> JSONResponse:
         with self._lookups.guard(client_of(request)):
             sid = self._session_of(request, await self._json_fields(request))
-            await host_calls.session_call(sid, self._for(sid).close_session.remote(sid))
+            await self._call(sid, "close_session")
         return ok()
 
     @app.get("/sse")
@@ -269,4 +270,4 @@ class Api:
     async def session_stats(self, sessionid: str, request: Request) -> JSONResponse:
         with self._lookups.guard(client_of(request)):
             sid = self._session_of(request, {"sessionid": sessionid})
-            return ok(data=await host_calls.session_call(sid, self._for(sid).session_stats.remote(sid)))
+            return ok(data=await self._call(sid, "session_stats"))

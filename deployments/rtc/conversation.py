@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 # (pcm, final, session_id) -> {"text", "seconds", "audio_s", "final", "superseded"}
 TranscribeFn = Callable[[np.ndarray, bool, str], Awaitable[dict[str, Any]]]
 
-__all__ = ["Conversation", "ConversationSettings", "TranscribeFn", "frame_pcm"]
+__all__ = ["NO_CHAT", "Conversation", "ConversationSettings", "TranscribeFn", "frame_pcm"]
+NO_CHAT = "chat is not configured: no LLM is set up on this server (use type 'echo')"
 
 
 class ConversationSettings(BaseModel):
@@ -123,10 +124,15 @@ class Conversation:
         Raises:
             NotConfigured: No LLM is configured.
         """
-        if self._chat is None:
-            raise NotConfigured("chat is not configured: no LLM is set up on this server (use type 'echo')")
+        if not self.can_chat:
+            raise NotConfigured(NO_CHAT)
         self.last_turn = {"ask_t": time.time()}
         self._start_reply(self._answer(text), text=text)
+
+    @property
+    def can_chat(self) -> bool:
+        """An LLM is configured: typed "chat" turns can be answered."""
+        return self._chat is not None
 
     def interrupt(self, reason: str = "api") -> None:
         """Stop the avatar's speech and the running reply (its LLM stream is closed)."""

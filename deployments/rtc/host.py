@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 from collections import Counter
@@ -33,7 +34,7 @@ from deployments.common.logs import SessionLog, adopt_serve_logging
 from deployments.llm import LlmChat, LlmSettings, make_client
 from deployments.rtc import host_registry
 from deployments.rtc.conductor import Conductor, ConductorConfig
-from deployments.rtc.conversation import Conversation, ConversationSettings
+from deployments.rtc.conversation import NO_CHAT, Conversation, ConversationSettings
 from deployments.rtc.events import HEARTBEAT_S, MAX_LISTENERS, OPENED, EventBus, delayed, sse_stream
 from deployments.rtc.host_registry import Owner
 from deployments.rtc.ice import configure_host_addresses, rtc_configuration
@@ -225,14 +226,9 @@ class SessionHost:
                                   f"(max {self.settings.max_pending_offers_per_client}); connect or close them first")
 
     def _conductor_config(self) -> ConductorConfig:
-        s = self.settings
-        return ConductorConfig(
-            chunk_frames=s.chunk_frames, lead_chunks=s.lead_chunks, render_late_s=s.render_late_s,
-            render_retry_s=s.render_retry_s,
-            tts_first_audio_s=s.tts_first_audio_s, tts_stall_s=s.tts_stall_s, tts_lead_s=s.tts_lead_s,
-            max_queued_utterances=s.max_queued_utterances, max_queued_chars=s.max_queued_chars,
-            max_queued_audio_s=s.max_queued_audio_s,
-        )
+        """The conductor's fields that HostSettings carries (chunking, deadlines, queue caps)."""
+        shared = {f.name for f in dataclasses.fields(ConductorConfig)} & set(HostSettings.model_fields)
+        return ConductorConfig(**self.settings.model_dump(include=shared))
 
     def _new_session(self, client: str = "") -> Session:
         session_id = new_session_id(self._replica_id)
@@ -259,7 +255,7 @@ class SessionHost:
         conversation = Conversation(
             session_id=session_id, conductor=conductor, publish=events.publish,
             transcribe=self._transcribe if self._asr is not None else None, chat=chat,
-            settings=self._conversation if chat is not None else self._conversation.model_copy(update={"mode": "echo"}))
+            settings=self._conversation)  # chat mode only when an LLM (and so `chat`) is configured
         session = Session(session_id, pc, conductor, clock, timeline, video, audio, client=client, events=events,
                           conversation=conversation)
 
@@ -301,8 +297,8 @@ class SessionHost:
         """Speak `text` ("echo") or answer it with the LLM ("chat"; NotConfigured without one)."""
         session = self._session(session_id)
         conversation = session.conversation
-        if kind == "chat" and (conversation is None or self._llm_client is None):
-            raise NotConfigured("chat is not configured: no LLM is set up on this server (use type 'echo')")
+        if kind == "chat" and (conversation is None or not conversation.can_chat):
+            raise NotConfigured(NO_CHAT)  # before anything is interrupted
         if interrupt:
             self._interrupt(session)
         if kind == "chat":

@@ -118,6 +118,8 @@ class MediaTimeline:
 
     def _audio_played_through(self, slot: int) -> None:
         """Run the cues of every slot up to `slot` not yet run, slot by slot: starts, then ends."""
+        if slot <= self._played_audio:
+            return  # every packet calls this: most have nothing to catch up (no scan of the slots)
         for s in sorted(s for s, item in self._items.items() if self._played_audio < s <= slot and item.cues):
             if s > self._started_audio:
                 self._run_cues(s, at_end=False)
