@@ -3,8 +3,12 @@
 `WhisperRecognizer.transcribe(pcm)` is blocking and runs in a worker thread: one segmented turn
 (or the turn so far, for a partial transcript) in, its text out. The audio is already segmented
 by `deployments.asr.vad`, so Whisper's own VAD filter, timestamps and temperature fallback are
-off: each call is one greedy (or beam) decode of one 30 s encoder window, whose cost barely
-depends on the audio's length.
+off: each call is one greedy (or beam) decode of one encoder window. Whisper pads every input to
+30 s; a turn is a few seconds, so by default the window is cut to `encoder_window_s` (15 s, or
+the audio and 1 s of padding if longer): the encoder's cost falls with it (tiny.en on 2 cores:
+0.12 s a turn instead of 0.32 s). Windows much shorter than 15 s make Whisper repeat short
+utterances ("Yes? Yes? Yes?"); 15 s matched the 30 s transcripts word for word on every test
+sentence (docs/PERFORMANCE.md "Conversation"). None keeps faster-whisper's own 30 s path.
 
 `TranscriptionScheduler` runs such calls on a few threads for many sessions at once: finals go
 before partials, a session has at most one partial waiting and one running (a newer partial
@@ -67,6 +71,8 @@ class RecognizerSettings(BaseModel):
         cpu_threads: Intra-op threads of each worker; 0 shares the process's cores among them.
         num_workers: Transcriptions that may run at the same time (CTranslate2 replicas of the
             model's state; weights are shared).
+        encoder_window_s: Seconds of (padded) audio the encoder reads; None = Whisper's 30 s.
+            A multilingual model with no `language` always uses 30 s (language detection).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -77,6 +83,7 @@ class RecognizerSettings(BaseModel):
     beam_size: int = Field(1, ge=1, le=10)
     cpu_threads: int = Field(0, ge=0)
     num_workers: int = Field(1, ge=1, le=16)
+    encoder_window_s: float | None = Field(15.0, ge=5.0, le=MAX_AUDIO_S)
 
     def threads_per_worker(self) -> int:
         """`cpu_threads`, or this process's cores split among the workers."""
@@ -127,6 +134,7 @@ class WhisperRecognizer:
         except (RuntimeError, ValueError, OSError) as e:
             raise CheckpointError(f"cannot load whisper model {self.model_dir}: {e}") from e
         self.multilingual = bool(self._model.model.is_multilingual)
+        self._prompt = self._window_prompt()
         self.transcribe(np.zeros(SAMPLE_RATE // 2, np.float32))  # the first decode pays allocations
         logger.info("whisper %s loaded (%s, %d worker(s) x %d thread(s), multilingual=%s)",
                     self.model_dir, s.compute_type, s.num_workers, s.threads_per_worker(), self.multilingual)
@@ -139,6 +147,8 @@ class WhisperRecognizer:
             EngineError: CTranslate2 failed.
         """
         pcm = check_speech_pcm(pcm)
+        if self._prompt is not None:
+            return self._transcribe_window(pcm)
         try:
             segments, _ = self._model.transcribe(
                 pcm,
@@ -152,6 +162,51 @@ class WhisperRecognizer:
             return " ".join(seg.text.strip() for seg in segments).strip()  # decoding runs here
         except Exception as e:  # CTranslate2 raises plain RuntimeErrors
             raise EngineError(f"whisper failed on {pcm.size / SAMPLE_RATE:.2f} s of audio: {e}") from e
+
+    def _window_prompt(self) -> list[int] | None:
+        """The decoder's start tokens for a cut window; None when the 30 s path is used."""
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        s = self.settings
+        if s.encoder_window_s is None or (self.multilingual and s.language is None):
+            return None
+        tokenizer = Tokenizer(self._model.hf_tokenizer, self.multilingual, task="transcribe",
+                              language=s.language if self.multilingual else "en")
+        self._tokenizer = tokenizer
+        self._suppress = get_suppressed_tokens(tokenizer, [-1])
+        return [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+
+    def _transcribe_window(self, pcm: np.ndarray) -> str:
+        """One greedy/beam decode over a window of `encoder_window_s` (longer audio: its length + 1 s)."""
+        import ctranslate2
+        from faster_whisper.audio import pad_or_trim
+
+        model = self._model
+        audio_frames = pcm.size // model.feature_extractor.hop_length
+        window_s = min(MAX_AUDIO_S, max(self.settings.encoder_window_s, np.ceil(pcm.size / SAMPLE_RATE + 1.0)))
+        frames = int(window_s * SAMPLE_RATE) // model.feature_extractor.hop_length
+        try:
+            features = pad_or_trim(model.feature_extractor(pcm), frames)  # padded with log-mel silence
+            result = model.model.generate(
+                ctranslate2.StorageView.from_array(np.ascontiguousarray(features[None])),
+                [self._prompt],
+                beam_size=self.settings.beam_size,
+                max_length=min(448, len(self._prompt) + 10 + audio_frames // 10),  # ≤ 10 tokens/s, + slack
+                suppress_blank=True,
+                suppress_tokens=self._suppress,
+                return_scores=True,
+                return_no_speech_prob=True,
+            )[0]
+        except Exception as e:  # CTranslate2 raises plain RuntimeErrors
+            raise EngineError(f"whisper failed on {pcm.size / SAMPLE_RATE:.2f} s of audio: {e}") from e
+        tokens = [t for t in result.sequences_ids[0] if t < self._tokenizer.eot]
+        # faster-whisper's silence rule (no_speech_threshold 0.6, log_prob_threshold -1.0)
+        avg_logprob = result.scores[0] * len(result.sequences_ids[0]) / (len(result.sequences_ids[0]) + 1)
+        if result.no_speech_prob > 0.6 and avg_logprob < -1.0:
+            return ""
+        text = self._tokenizer.decode(tokens).strip()
+        return text if any(c.isalnum() for c in text) else ""  # a lone "." is no words
 
 
 @dataclass(frozen=True)

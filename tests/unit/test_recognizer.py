@@ -279,3 +279,20 @@ async def test_two_sessions_side_by_side_on_the_real_recognizer(wavs: dict[str, 
         assert words(a.text) == words(lights_text) and words(b.text) == words(weather_text)
     finally:
         sched.shutdown()
+
+
+def test_the_cut_encoder_window_hears_what_the_30_s_window_hears(recognizer: WhisperRecognizer,
+                                                                  piper: PiperEngine) -> None:
+    """The default 15 s window gives the 30 s transcript, short words included (a window much
+    shorter makes Whisper repeat them: "Yes? Yes? Yes?"), and audio longer than 15 s is read whole.
+    """
+    full = WhisperRecognizer(RecognizerSettings(encoder_window_s=None))
+    pad = np.zeros(SAMPLE_RATE // 4, np.float32)
+    for text in [*SENTENCES, "Yes.", "Thanks.", "Hello, can you hear me?"]:
+        pcm = np.concatenate([pad, piper._synthesize(text), pad])
+        assert words(recognizer.transcribe(pcm)) == words(full.transcribe(pcm)) == words(text)
+    said = [SENTENCES[2], SENTENCES[0], SENTENCES[2], SENTENCES[0], SENTENCES[1]]  # ~17 s
+    long = np.concatenate([x for text in said for x in (piper._synthesize(text), pad)])
+    assert long.size > 16 * SAMPLE_RATE
+    heard = words(recognizer.transcribe(long))
+    assert heard[-2:] == ["people", "tonight"] and len(heard) >= 0.8 * len(words(" ".join(said)))  # all read
