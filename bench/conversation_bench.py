@@ -5,14 +5,16 @@
 An aiortc client speaks Piper-made WAVs (tests/data) over its microphone track; a local
 OpenAI-protocol server (tests/openai_server.py) answers with its first token after 100 ms.
 Server marks (wall clock, the session's `conversation.last_turn` stats and `/sse` events) and
-the client's (time.monotonic(), same host) are put on one clock. Stages of voice-to-voice:
+the client's (time.monotonic(), same host) are put on one clock. Voice-to-voice, each mark
+from the end of the user's speech at the client (the reply is prepared during the pause, so the
+marks overlap rather than add up):
 
-    vad      end of the user's speech at the client -> end of turn at the server (transport,
-             jitter buffer, `end_silence_ms` of silence)
-    asr      -> final transcript
-    llm      -> first sentence complete (LLM first token + tokens to the first clause/sentence)
-    tts      -> its first slot plays at the server (TTS first audio, render, queue)
-    transport-> first answer audio at the client
+    transcribe  the final transcript is asked for (`early_final_s` into the pause at the server)
+    asr         the final transcript is known
+    llm         the LLM's first sentence is complete (first token + tokens to the first clause)
+    turn_end    the pause reached `end_silence_ms`: the turn ends (the prepared reply is released)
+    plays       the answer's first slot plays at the server (TTS, render, queue)
+    heard       the first answer audio at the client (transport, jitter buffer): voice to voice
 
 Barge-in: onset of the user's speech at the client -> the avatar's audio silent at the client,
 and -> the LLM stream cut at the server.
@@ -36,6 +38,7 @@ from serve_app import AppArgs, bind_graph
 from tests.openai_server import OpenAIServer, Script
 
 PORT, LLM_PORT = 8141, 8143
+TOKENS_PER_S = 30  # the LLM's pace after its first token
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 ANSWER = "Sure, the lights are on. Anything else I can do for you today?"
 LONG = ("Tomorrow will be sunny and warm in the morning, with a light breeze from the west. In the afternoon "
@@ -59,10 +62,10 @@ async def _voice_to_voice(client: AvatarClient, events, offset: float) -> dict[s
     played = start["t"] - 0.08  # the start event goes out playout_delay_s after its slot is sent
     await events.wait_for(lambda e: e.get("status") == "end" and e["seq"] > start["seq"]
                           and e["text"].startswith("Anything"), timeout=30)
-    print(f"turn: final transcript {'started in the pause' if marks.get('early_final') else 'at the end of turn'}")
-    return {"vad": marks["turn_end_t"] - speech_end, "asr": marks["asr_final_t"] - marks["turn_end_t"],
-            "llm": marks["first_sentence_t"] - marks["asr_final_t"], "tts": played - marks["first_sentence_t"],
-            "transport": heard + offset - played, "total": heard - spoken.speech_end}
+    print(f"turn: reply {'prepared in the pause' if marks.get('prepared') else 'started at the end of turn'}")
+    return {"transcribe": marks["transcribe_t"] - speech_end, "asr": marks["asr_final_t"] - speech_end,
+            "llm": marks["first_sentence_t"] - speech_end, "turn_end": marks["turn_end_t"] - speech_end,
+            "plays": played - speech_end, "heard": heard - spoken.speech_end}
 
 
 async def _barge_in(client: AvatarClient, events, server: OpenAIServer) -> dict[str, float]:
@@ -76,12 +79,12 @@ async def _barge_in(client: AvatarClient, events, server: OpenAIServer) -> dict[
     while analysis.first_speech_after(client.rec, first.speech_end or time.monotonic()) is None:
         await asyncio.sleep(0.02)
     await asyncio.sleep(0.5)
-    exchange = server.requests[n]
+    exchange = server.requests[-1]  # the answer playing (a reply prepared in a pause may have come first)
     barge = client.microphone.say_wav(DATA / "speech_weather.wav", leading_silence_s=0.0)
     await exchange.ended_within(5.0)
     await asyncio.sleep(1.0)
     last = analysis.last_speech_after(client.rec, time.monotonic() - 2.0)
-    server.script = Script(reply=ANSWER, ttft_s=0.1, tokens_per_s=30)
+    server.script = Script(reply=ANSWER, ttft_s=0.1, tokens_per_s=TOKENS_PER_S)
     await events.wait_for(lambda e: e.get("status") == "end" and e["text"].startswith("Anything")
                           and e["t"] > time.time() - 0.5 - 30, timeout=30)
     return {"silent": (last or barge.speech_start) - barge.speech_start,
@@ -91,7 +94,7 @@ async def _barge_in(client: AvatarClient, events, server: OpenAIServer) -> dict[
 async def main(runs: int) -> None:
     offset = time.time() - time.monotonic()
     with OpenAIServer(port=LLM_PORT) as server:
-        server.script = Script(reply=ANSWER, ttft_s=0.1, tokens_per_s=30)
+        server.script = Script(reply=ANSWER, ttft_s=0.1, tokens_per_s=TOKENS_PER_S)
         client = AvatarClient(f"http://127.0.0.1:{PORT}", microphone=Microphone())
         await client.connect()
         events = client.events()
@@ -103,10 +106,11 @@ async def main(runs: int) -> None:
         finally:
             await events.close()
             await client.close()
-    print(f"voice-to-voice over {runs} turns (median, min-max), LLM first token 100 ms:")
-    for stage in ("vad", "asr", "llm", "tts", "transport", "total"):
+    print(f"voice-to-voice over {runs} turns, from the end of speech at the client (median, min-max), "
+          f"LLM first token 100 ms, {TOKENS_PER_S} tokens/s:")
+    for stage in ("transcribe", "asr", "llm", "turn_end", "plays", "heard"):
         xs = [r[stage] for r in v2v]
-        print(f"  {stage:9s} {_ms(statistics.median(xs))}   ({_ms(min(xs))} - {_ms(max(xs))})")
+        print(f"  {stage:10s} {_ms(statistics.median(xs))}   ({_ms(min(xs))} - {_ms(max(xs))})")
     for key, label in (("silent", "onset -> avatar audio silent at the client"),
                        ("llm_cut", "onset -> LLM stream closed at the server")):
         xs = [r[key] for r in barge]
@@ -119,7 +123,7 @@ async def sessions_conversing(n: int, seconds: float = 20.0) -> None:
     largest gap per session, and the turns answered.
     """
     with OpenAIServer(port=LLM_PORT) as server:
-        server.script = Script(reply=ANSWER, ttft_s=0.1, tokens_per_s=30)
+        server.script = Script(reply=ANSWER, ttft_s=0.1, tokens_per_s=TOKENS_PER_S)
         clients = [AvatarClient(f"http://127.0.0.1:{PORT}", microphone=Microphone()) for _ in range(n)]
         try:
             for client in clients:

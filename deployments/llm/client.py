@@ -137,6 +137,14 @@ class LlmChat:
         """
         self.history.spoken(text)
 
+    def withdraw(self, user_text: str) -> None:
+        """Forget the latest exchange if it answers `user_text`: a reply prepared during a pause
+        that turned out to be mid-sentence (the user's words will come again, whole, in the next).
+        """
+        turns = self.history.turns
+        if turns and turns[-1].user == user_text:
+            self.history.forget(turns[-1])
+
     async def aclose(self) -> None:
         """Close the SDK client, when this chat made it."""
         if self._owns_client:

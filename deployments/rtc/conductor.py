@@ -123,17 +123,41 @@ class Conductor:
         self.stage_errors: Counter[str] = Counter()  # all of them by stage ("tts", "render"), for metrics
 
     # ---- control -------------------------------------------------------------------------
-    def say(self, text: str) -> Utterance:
+    def say(self, text: str, *, held: bool = False) -> Utterance:
         """Queue `text` as a new utterance in the current turn; TTS streams into it when its turn comes.
+
+        Args:
+            text: What to say.
+            held: Synthesise it (when its turn comes) but play nothing of it, nor of what is
+                queued after it, until `release`; `withdraw` drops it unheard. For an answer
+                prepared while the user's pause may still turn out to be mid-sentence.
 
         Raises:
             TooManyRequests: the session's speech queue is full.
         """
         self._admit(chars=len(text), seconds=0.0)
         utt = Utterance(self.turn, text)
+        utt.held = held
         self._queue.append(utt)
         self._feed_tts()
         return utt
+
+    def release(self, utts: list[Utterance]) -> None:
+        """Let held utterances play (from the next slot, as new speech does)."""
+        for utt in utts:
+            utt.held = False
+        self._wake.set()
+
+    def withdraw(self, utts: list[Utterance]) -> None:
+        """Drop queued utterances that have not started playing: no events, their TTS stopped."""
+        for utt in utts:
+            if utt.started or utt not in self._queue:
+                continue
+            self._queue.remove(utt)
+            task = self._tts_tasks.pop(utt, None)
+            if task is not None:
+                task.cancel()
+        self._feed_tts()
 
     def play(self, pcm: np.ndarray) -> Utterance:
         """Queue ready 16 kHz speech (an upload) as a new utterance.
@@ -172,7 +196,7 @@ class Conductor:
 
     @property
     def speaking(self) -> bool:
-        return bool(self._queue) or self._timeline.has_speech_from(self._clock.playing_slot())
+        return any(not u.held for u in self._queue) or self._timeline.has_speech_from(self._clock.playing_slot())
 
     @property
     def queued(self) -> dict:
@@ -307,7 +331,7 @@ class Conductor:
         while self._queue and self._queue[0].exhausted:
             self._cue_end(self._queue.popleft())  # TTS may end after its last chunk was scheduled
             self._feed_tts()
-        return self._queue[0] if self._queue else None
+        return self._queue[0] if self._queue and not self._queue[0].held else None  # held: idle meanwhile
 
     async def _wait(self, timeout: float) -> None:
         self._wake.clear()

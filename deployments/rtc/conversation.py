@@ -11,6 +11,11 @@ A reply (transcription included) runs as one task, so the microphone keeps being
 avatar answers: the user's next onset cancels it (the LLM's HTTP stream closes with it) and
 interrupts the conductor. The chat's history then keeps only the sentences the user heard (those
 whose `start` cue played). `/human` with type "chat" enters at `ask`, past the recogniser.
+
+A reply is prepared before the turn is over: `early_final_s` into a pause, the would-be turn is
+transcribed and answered (LLM and TTS run) while nothing of it is heard or published (`_Held`).
+If the pause reaches `end_silence_ms` the turn ends and the prepared answer plays at once; if the
+user speaks on, it is withdrawn unheard (speech, events, and its exchange in the chat history).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -60,10 +66,22 @@ class ConversationSettings(BaseModel):
     barge_in: bool = True
     partial_interval_s: float = Field(0.5, ge=0.1, le=10.0)
     # The final transcript starts this far into a pause, before the pause is long enough to end the
-    # turn (`vad.end_silence_ms`): if it does end the turn, the transcript is (nearly) ready. A pause
-    # that turns out to be mid-sentence costs one wasted decode. None = only at the turn's end.
-    early_final_s: float | None = Field(0.2, ge=0.0, le=5.0)
+    # turn (`vad.end_silence_ms`), and the reply is prepared from it, unheard: if the pause does end
+    # the turn, the answer is (nearly) ready. A pause that turns out to be mid-sentence costs one
+    # wasted decode and LLM request. None = only at the turn's end.
+    early_final_s: float | None = Field(0.1, ge=0.0, le=5.0)
+    prepare_reply: bool = True  # False: the early transcript waits for the turn's end to be answered
     vad: VadSettings = Field(default_factory=VadSettings)
+
+
+@dataclass(eq=False)
+class _Held:
+    """A reply being prepared for a pause that may not end the turn: unheard and unpublished."""
+
+    end_s: float  # the speech end (segmenter time) it answers
+    utts: list[Utterance] = field(default_factory=list)  # its speech, held in the conductor
+    events: list[dict[str, Any]] = field(default_factory=list)  # its events, published at the turn's end
+    asked: str | None = None  # the text it asked the LLM (its exchange is in the chat history)
 
 
 def frame_pcm(frame: Any) -> tuple[np.ndarray, int]:
@@ -102,12 +120,13 @@ class Conversation:
         self._listen_task: asyncio.Task | None = None
         self._partial_task: asyncio.Task | None = None
         self._reply_task: asyncio.Task | None = None
-        self._early: tuple[float, asyncio.Task] | None = None  # (speech end it is for, final transcript)
-        self._finals = 0  # turns whose final transcript is known (later partials of them are stale)
+        # (speech end it is for, final transcript, wall-clock start)
+        self._early: tuple[float, asyncio.Task, float] | None = None
+        self._held: _Held | None = None  # the running reply is prepared for a turn not yet over
         self._reply_utts: list[Utterance] | None = None  # the latest LLM reply's sentences, until settled
         self._closed = False
         self.counts: dict[str, int] = {"turns": 0, "partials": 0, "replies": 0, "barge_ins": 0,
-                                       "llm_errors": 0, "asr_errors": 0}
+                                       "prepared": 0, "withdrawn": 0, "llm_errors": 0, "asr_errors": 0}
         self.errors: list[str] = []  # recent failures, for the session stats
         self.last_turn: dict[str, float] = {}  # wall-clock marks of the latest turn (latency stages)
 
@@ -196,12 +215,32 @@ class Conversation:
             if segmenter.in_turn:  # speech resumed: that transcript is of a shorter turn
                 self._early[1].cancel()
                 self._early = None
+                self._withdraw()
         if pending is None or self._early is not None or segmenter.trailing_silence_s < early_s:
             return
         end_s, pcm = pending
         assert self._transcribe is not None
         task = asyncio.ensure_future(self._transcribe(pcm, True, self.id))
-        self._early = (end_s, task)
+        self._early = (end_s, task, time.time())
+        if self.settings.prepare_reply and not self.replying and not self._conductor.speaking:
+            self.counts["prepared"] += 1
+            self.last_turn = {"transcribe_t": self._early[2], "prepared": True}
+            self._start_reply(self._turn(task), text=None)
+            self._held = _Held(end_s)  # after _start_reply, which withdraws any earlier one
+            self._reply_task.add_done_callback(lambda _, task=task: task.cancel())
+
+    def _withdraw(self) -> None:
+        """The pause was mid-sentence: drop the reply prepared for it, unheard and unpublished."""
+        held, self._held = self._held, None
+        if held is None:
+            return
+        self.counts["withdrawn"] += 1
+        if self._reply_task is not None:
+            self._reply_task.cancel()
+        self._reply_utts = None  # nothing of it was heard: the chat forgets the exchange instead
+        self._conductor.withdraw(held.utts)
+        if held.asked is not None and self._chat is not None:
+            self._chat.withdraw(held.asked)
 
     def _on_onset(self) -> None:
         if self.settings.barge_in and (self._conductor.speaking or self.replying):
@@ -213,12 +252,19 @@ class Conversation:
     def _on_turn_end(self, turn: TurnEnd) -> None:
         # A partial still running finishes (a waiting one is superseded by the final at the
         # recogniser); its text is published only if it comes before the final's.
-        self.counts["turns"] += 1
+        self.counts["turns"] += 1  # partials of this turn still running are stale now
         early, self._early = self._early, None
+        if self._held is not None and self._held.end_s == turn.end_s:
+            self._play_prepared(turn)
+            return
         if early is not None and early[0] != turn.end_s:  # not of this audio
             early[1].cancel()
             early = None
-        self._start_reply(self._turn(turn, early[1] if early is not None else None), text=None)
+        now = time.time()
+        self.last_turn = {"turn_end_t": now, "speech_end_lag_s": round(turn.at_s - turn.end_s, 3),
+                          "transcribe_t": early[2] if early is not None else now}
+        self._start_reply(self._turn(early[1] if early is not None else self._transcribe(turn.pcm, True, self.id)),
+                          text=None)
         if early is not None:  # a reply cancelled before it awaited the early transcript drops it too
             self._reply_task.add_done_callback(lambda _, task=early[1]: task.cancel())
 
@@ -231,9 +277,25 @@ class Conversation:
         except Exception as exc:  # a partial is only a preview: the final reports failures
             self._log.debug("partial transcript failed: %s", exc)
             return
-        if not result.get("superseded") and result.get("text") and self._finals == turns_before:
+        if not result.get("superseded") and result.get("text") and self.counts["turns"] == turns_before:
             self.counts["partials"] += 1
             self._publish({"event": "asr_partial", "text": result["text"]})
+
+    def _play_prepared(self, turn: TurnEnd) -> None:
+        """The turn ended as the prepared reply assumed: let it be heard and published."""
+        held, self._held = self._held, None
+        assert held is not None
+        self.last_turn.update(turn_end_t=time.time(), speech_end_lag_s=round(turn.at_s - turn.end_s, 3))
+        self._conductor.release(held.utts)
+        for event in held.events:
+            self._publish(event)
+
+    def _emit(self, event: dict[str, Any]) -> None:
+        """Publish a reply's event, or keep it with the reply while that is only prepared."""
+        if self._held is not None:
+            self._held.events.append(event)
+        else:
+            self._publish(event)
 
     # ---- replies -------------------------------------------------------------------------
     def _start_reply(self, reply: Awaitable[None], text: str | None) -> None:
@@ -250,7 +312,9 @@ class Conversation:
     def _cancel_reply(self, *, heard_only: bool) -> None:
         """Cancel the running reply; tell the chat what of the latest reply will have been heard:
         the sentences that started playing (`heard_only`, after an interrupt) or all it queued.
+        A reply still only prepared is withdrawn: nothing of it was heard.
         """
+        self._withdraw()
         if self._reply_task is not None and not self._reply_task.done():
             self._reply_task.cancel()
         if self._chat is not None and self._reply_utts is not None:
@@ -258,25 +322,20 @@ class Conversation:
             self._chat.spoken(" ".join(u.text for u in utts))
             self._reply_utts = None
 
-    async def _turn(self, turn: TurnEnd, early: asyncio.Future | None = None) -> None:
-        """Transcribe the turn (or take its early transcript), then echo or answer it."""
-        assert self._transcribe is not None
-        self.last_turn = {"turn_end_t": time.time(), "speech_end_lag_s": round(turn.at_s - turn.end_s, 3),
-                          "early_final": early is not None}
+    async def _turn(self, transcript: Awaitable[dict[str, Any]]) -> None:
+        """Wait for the turn's final transcript, then echo or answer it."""
         try:
-            result = await (early if early is not None else self._transcribe(turn.pcm, True, self.id))
+            result = await transcript
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._finals += 1
             self._failed("asr", exc)
             return
         text = " ".join(str(result.get("text", "")).split())
-        self._finals += 1
         self.last_turn["asr_final_t"] = time.time()
         if not text:
             return
-        self._publish({"event": "asr_final", "text": text})
+        self._emit({"event": "asr_final", "text": text})
         if self.settings.mode == "chat":
             await self._answer(text)
         else:
@@ -289,6 +348,8 @@ class Conversation:
         utts: list[Utterance] = []
         self._reply_utts = utts
         marks = self.last_turn
+        if self._held is not None:
+            self._held.asked = text
         try:
             async for sentence in split_stream(self._deltas(self._chat.reply(text), marks)):
                 marks.setdefault("first_sentence_t", time.time())
@@ -303,22 +364,26 @@ class Conversation:
         try:
             async for delta in deltas:
                 marks.setdefault("llm_first_delta_t", time.time())
-                self._publish({"event": "llm_delta", "text": delta})
+                self._emit({"event": "llm_delta", "text": delta})
                 yield delta
         finally:
             with contextlib.suppress(Exception):
                 await deltas.aclose()  # type: ignore[attr-defined]
 
     def _say(self, text: str) -> Utterance | None:
+        held = self._held
         try:
-            return self._conductor.say(text)
+            utt = self._conductor.say(text, held=held is not None)
         except AvatarError as exc:  # the speech queue is full: this sentence is lost, the session goes on
             self._failed("tts", exc)
             return None
+        if held is not None:
+            held.utts.append(utt)
+        return utt
 
     def _failed(self, stage: str, exc: Exception) -> None:
         message = getattr(exc, "msg", None) or str(exc) or type(exc).__name__
         self.counts[f"{stage}_errors"] = self.counts.get(f"{stage}_errors", 0) + 1
         self.errors = [*self.errors[-9:], f"{stage}: {message}"]
         self._log.warning("%s failed: %s", stage, message)
-        self._publish({"event": "error", "stage": stage, "message": message})
+        self._emit({"event": "error", "stage": stage, "message": message})

@@ -16,6 +16,7 @@ class Utterance:
         self._consumed = 0
         self.ended = False
         self.started = False  # set once its first samples were scheduled
+        self.held = False  # synthesised but not played until released (a reply to a turn not yet over)
         self.received = 0  # samples delivered so far
         self.last_slot: int | None = None  # the last slot its speech was scheduled in (by the conductor)
         self.error: str | None = None

@@ -124,6 +124,25 @@ async def test_the_next_turn_sends_the_history_as_heard(server: OpenAIServer, ch
     ]
 
 
+async def test_a_withdrawn_reply_leaves_no_trace_in_the_history(server: OpenAIServer, chat: LlmChat) -> None:
+    """A reply prepared in a pause the user then spoke on after: the next request holds the whole
+    question once, not its first half and an answer nobody heard.
+    """
+    server.script = Script(reply="Sure, which room?")
+    async for _ in chat.reply("Turn on the"):
+        pass
+    chat.withdraw("Turn on the")
+    server.script = Script(reply="Done.")
+    async for _ in chat.reply("Turn on the kitchen lights."):
+        pass
+    assert server.requests[-1].messages == [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": "Turn on the kitchen lights."},
+    ]
+    chat.withdraw("something else")  # not the latest exchange: kept
+    assert [t.user for t in chat.history.turns] == ["Turn on the kitchen lights."]
+
+
 def assert_clear(error: LlmError, *, secret: str = KEY) -> None:
     message = str(error)
     assert "\n" not in message and len(message) < 120 and "Traceback" not in message
