@@ -38,7 +38,7 @@ from serve_app import AppArgs, bind_graph
 from tests.openai_server import OpenAIServer, Script
 
 PORT, LLM_PORT = 8141, 8143
-TOKENS_PER_S = 30  # the LLM's pace after its first token
+TOKENS_PER_S = 30.0  # the LLM's pace after its first token (--tokens-per-s)
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 ANSWER = "Sure, the lights are on. Anything else I can do for you today?"
 LONG = ("Tomorrow will be sunny and warm in the morning, with a light breeze from the west. In the afternoon "
@@ -68,7 +68,7 @@ async def _voice_to_voice(client: AvatarClient, events, offset: float) -> dict[s
             "plays": played - speech_end, "heard": heard - spoken.speech_end}
 
 
-async def _barge_in(client: AvatarClient, events, server: OpenAIServer) -> dict[str, float]:
+async def _barge_in(client: AvatarClient, events, server: OpenAIServer, offset: float) -> dict[str, float]:
     server.script = Script(reply=LONG, ttft_s=0.1, tokens_per_s=5)
     n = len(server.requests)
     spoken = client.microphone.say_wav(DATA / "speech_lights.wav")
@@ -82,12 +82,14 @@ async def _barge_in(client: AvatarClient, events, server: OpenAIServer) -> dict[
     exchange = server.requests[-1]  # the answer playing (a reply prepared in a pause may have come first)
     barge = client.microphone.say_wav(DATA / "speech_weather.wav", leading_silence_s=0.0)
     await exchange.ended_within(5.0)
+    marks = (await client.http.get(f"/sessions/{client.sessionid}")).json()["data"]["conversation"]["last_turn"]
     await asyncio.sleep(1.0)
     last = analysis.last_speech_after(client.rec, time.monotonic() - 2.0)
     server.script = Script(reply=ANSWER, ttft_s=0.1, tokens_per_s=TOKENS_PER_S)
     await events.wait_for(lambda e: e.get("status") == "end" and e["text"].startswith("Anything")
                           and e["t"] > time.time() - 0.5 - 30, timeout=30)
-    return {"silent": (last or barge.speech_start) - barge.speech_start,
+    return {"detected": marks.get("barge_in_t", float("nan")) - offset - barge.speech_start,
+            "silent": (last or barge.speech_start) - barge.speech_start,
             "llm_cut": (exchange.ended or float("nan")) - barge.speech_start, "cut": float(exchange.cut)}
 
 
@@ -102,7 +104,7 @@ async def main(runs: int) -> None:
         try:
             await asyncio.sleep(2.0)  # warm-ups (Whisper's first decode) are done
             v2v = [await _voice_to_voice(client, events, offset) for _ in range(runs)]
-            barge = [await _barge_in(client, events, server) for _ in range(max(1, runs // 2))]
+            barge = [await _barge_in(client, events, server, offset) for _ in range(max(1, runs // 2))]
         finally:
             await events.close()
             await client.close()
@@ -111,7 +113,8 @@ async def main(runs: int) -> None:
     for stage in ("transcribe", "asr", "llm", "turn_end", "plays", "heard"):
         xs = [r[stage] for r in v2v]
         print(f"  {stage:10s} {_ms(statistics.median(xs))}   ({_ms(min(xs))} - {_ms(max(xs))})")
-    for key, label in (("silent", "onset -> avatar audio silent at the client"),
+    for key, label in (("detected", "onset -> barge-in at the server (speech held 200 ms)"),
+                       ("silent", "onset -> avatar audio silent at the client"),
                        ("llm_cut", "onset -> LLM stream closed at the server")):
         xs = [r[key] for r in barge]
         print(f"barge-in {label}: {', '.join(_ms(x).strip() for x in xs)}")
@@ -124,7 +127,9 @@ async def sessions_conversing(n: int, seconds: float = 20.0) -> None:
     """
     with OpenAIServer(port=LLM_PORT) as server:
         server.script = Script(reply=ANSWER, ttft_s=0.1, tokens_per_s=TOKENS_PER_S)
-        clients = [AvatarClient(f"http://127.0.0.1:{PORT}", microphone=Microphone()) for _ in range(n)]
+        # the clients count video frames without decoding them: the server is what is measured
+        clients = [AvatarClient(f"http://127.0.0.1:{PORT}", microphone=Microphone(), decode_video=False)
+                   for _ in range(n)]
         try:
             for client in clients:
                 await client.connect()
@@ -155,7 +160,10 @@ def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--sessions", type=int, default=0, help="instead: N sessions conversing at once")
+    parser.add_argument("--tokens-per-s", type=float, default=30.0, help="the LLM's pace after its first token")
     args = parser.parse_args()
+    global TOKENS_PER_S
+    TOKENS_PER_S = args.tokens_per_s
     data = Path("/tmp/conversation_bench_avatars")
     if not (data / "testface").is_dir():
         build_avatar("testface", astronaut=True, out_dir=data, idle_seconds=1.0, progress=False)

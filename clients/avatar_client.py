@@ -121,12 +121,16 @@ class AvatarClient:
     """One WebRTC viewer session against a running server."""
 
     def __init__(self, base_url: str, *, mouth_box: tuple[int, int, int, int] | None = None,
-                 ice_addresses: tuple[str, ...] = ("127.0.0.1",), microphone: Microphone | None = None) -> None:
+                 ice_addresses: tuple[str, ...] = ("127.0.0.1",), microphone: Microphone | None = None,
+                 decode_video: bool = True) -> None:
         self.base_url = base_url.rstrip("/")
         self.mouth_box = mouth_box  # (y1, y2, x1, x2) in full-frame pixels
         self.http = httpx.AsyncClient(base_url=self.base_url, timeout=30.0)
         self.rec = Recording()
         self.microphone = microphone  # sent over a sendrecv audio m-line when set
+        # False: count the video frames as their last RTP packets arrive, never decode them (a load
+        # generator's clients must not eat the CPU the server is measured on); `rec.mouth` stays empty
+        self.decode_video = decode_video
         self.sessionid: str | None = None
         self.token: str | None = None  # the session's token from the /offer answer
         self._tasks: list[asyncio.Task] = []
@@ -142,6 +146,10 @@ class AvatarClient:
 
         @self.pc.on("track")
         def on_track(track) -> None:
+            if track.kind == "video" and not self.decode_video:
+                receiver = next(t.receiver for t in self.pc.getTransceivers() if t.receiver.track is track)
+                receiver._handle_rtp_packet = self._count_video_packet  # instead of jitter buffer + decoder
+                return
             reader = self._read_video if track.kind == "video" else self._read_audio
             self._tasks.append(asyncio.create_task(reader(track)))
 
@@ -181,6 +189,10 @@ class AvatarClient:
                 self.rec.last_frame = img
         except MediaStreamError:
             return
+
+    async def _count_video_packet(self, packet, arrival_time_ms: int) -> None:
+        if packet.marker:  # the last packet of a frame
+            self.rec.video_t.append(time.monotonic())
 
     async def _read_audio(self, track) -> None:
         try:
