@@ -24,6 +24,18 @@ VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
 VIDEO_TICKS_PER_FRAME = VIDEO_CLOCK_RATE // FPS  # 3600, exact: no float time in the pts
 AUDIO_TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
 SILENCE = np.zeros(AUDIO_CHUNK_SAMPLES, np.int16)
+# A track called late (a busy event loop, a starved CPU) still sends the slots it owes, each
+# stamped with its own time, while it is at most this far behind: the receiver's jitter buffer
+# evens the burst out and no frame or speech packet is lost. Further behind, it skips to the
+# slot playing now: a long stall is not replayed.
+CATCH_UP_S = 0.12
+CATCH_UP_FRAMES = round(CATCH_UP_S / FRAME_S)  # 3
+CATCH_UP_PACKETS = round(CATCH_UP_S / AUDIO_CHUNK_S)  # 6
+
+
+def _next_due(last: int, now: int, catch_up: int) -> int:
+    """The slot (or packet) to send after `last` (-1: none yet: join at `now`) when `now` is playing."""
+    return last + 1 if last >= 0 and now - (last + 1) <= catch_up else max(now, last + 1)
 
 
 async def _sleep_until(clock: MediaClock, t: float) -> None:
@@ -61,7 +73,7 @@ class AvatarVideoTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         self._clock.start()
-        self._slot = max(self._slot + 1, self._clock.playing_slot())
+        self._slot = _next_due(self._slot, self._clock.playing_slot(), CATCH_UP_FRAMES)
         await _sleep_until(self._clock, self._clock.slot_time(self._slot))
         item = self._timeline.get(self._slot)
         if item is not None:
@@ -95,7 +107,7 @@ class AvatarAudioTrack(MediaStreamTrack):
             raise MediaStreamError
         t0 = self._clock.start()
         now_packet = int((self._clock.now() - t0) / AUDIO_CHUNK_S)
-        self._packet = max(self._packet + 1, now_packet)
+        self._packet = _next_due(self._packet, now_packet, CATCH_UP_PACKETS)
         await _sleep_until(self._clock, t0 + self._packet * AUDIO_CHUNK_S)
         slot, half = divmod(self._packet, CHUNKS_PER_FRAME)
         self._timeline.audio_starting(slot)  # the slot's start cues (sentence start) run as it plays

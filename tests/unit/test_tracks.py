@@ -136,7 +136,7 @@ async def test_an_empty_slot_repeats_the_last_picture_and_plays_silence(vt, cloc
     assert [v.pts for v, _, _ in played] == [0, 3600, 7200, 10800]
 
 
-async def test_a_track_that_falls_behind_skips_slots_instead_of_playing_late(vt, clock, timeline):
+async def test_a_track_far_behind_skips_slots_instead_of_playing_late(vt, clock, timeline):
     for n in range(12):
         timeline.put(n, item(n))
     video, audio = AvatarVideoTrack(clock, timeline, solid(0)), AvatarAudioTrack(clock, timeline)
@@ -155,6 +155,21 @@ async def test_a_track_that_falls_behind_skips_slots_instead_of_playing_late(vt,
     frame = await video.recv()
     assert frame.pts == 3600 * 8 and vt.t == pytest.approx(T0 + 8 * FRAME_S)
     assert video.sent == 3 and audio.sent == 4
+
+
+async def test_a_track_a_little_behind_sends_what_it_owes_at_once_then_keeps_time(vt, clock, timeline):
+    for n in range(12):
+        timeline.put(n, item(n))
+    video, audio = AvatarVideoTrack(clock, timeline, solid(0)), AvatarAudioTrack(clock, timeline)
+    await play_slot(video, audio)  # slot 0, packets 0 and 1
+    vt.t = T0 + 3 * FRAME_S + 0.005  # a 100 ms stall: slot 3 (packet 6) is playing, within CATCH_UP_S
+    sleeps = len(vt.sleeps)
+    assert [(await video.recv()).pts // 3600 for _ in range(3)] == [1, 2, 3], "no frame lost"
+    assert [(await audio.recv()).pts // 320 for _ in range(5)] == [2, 3, 4, 5, 6], "no speech packet lost"
+    assert len(vt.sleeps) == sleeps, "sent at once: all were due"
+    frame = await video.recv()
+    assert frame.pts == 3600 * 4 and vt.t == pytest.approx(T0 + 4 * FRAME_S), "then on time again"
+    assert picture(frame) == pytest.approx(40 + 40, abs=2)
 
 
 async def test_slots_are_pruned_once_both_tracks_have_played_them(vt, clock, timeline):
