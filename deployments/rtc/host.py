@@ -90,6 +90,10 @@ class HostSettings(BaseModel):
     barge_in: bool = True
     barge_in_min_speech_ms: int = Field(200, ge=0, le=5000)
     partial_interval_s: float = Field(0.5, ge=0.1, le=10)
+    # The reply is prepared (transcript, LLM, TTS) this far into a pause and heard only if the
+    # pause ends the turn; prepare_reply false waits for the turn's end to answer.
+    early_final_s: float | None = Field(0.1, ge=0, le=5)
+    prepare_reply: bool = True
 
 
 @serve.deployment(
@@ -126,6 +130,7 @@ class SessionHost:
         self._conversation = ConversationSettings(
             mode="chat" if chat else "echo", barge_in=self.settings.barge_in,
             partial_interval_s=self.settings.partial_interval_s,
+            early_final_s=self.settings.early_final_s, prepare_reply=self.settings.prepare_reply,
             vad=VadSettings(**{**(vad or {}), "min_speech_ms": self.settings.barge_in_min_speech_ms}))
         # One SDK client (one connection pool) for every session's chat on this replica.
         self._llm_client = make_client(self._llm) if self._llm.enabled else None
