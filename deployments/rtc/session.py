@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs import h264, vpx
-from aiortc.jitterbuffer import JitterBuffer
 
 from deployments.common.errors import BadOffer
 from deployments.common.logs import SessionLog
 from deployments.rtc.conductor import Conductor
 from deployments.rtc.conversation import Conversation
 from deployments.rtc.events import EventBus
+from deployments.rtc.microphone import hear_promptly
 from deployments.rtc.timeline import FRAME_S, MediaClock, MediaTimeline
 from deployments.rtc.tracks import AvatarAudioTrack, AvatarVideoTrack
 
@@ -29,23 +28,6 @@ def configure_video_bitrate(kbps: int) -> None:
         codec.DEFAULT_BITRATE = bps
         codec.MIN_BITRATE = min(codec.MIN_BITRATE, bps)
         codec.MAX_BITRATE = max(bps, codec.MIN_BITRATE)
-
-
-# aiortc decodes an audio packet only once 4 more have come (80 ms): the VAD would hear the user's
-# onset (barge-in) and end of speech (end of turn) that much late. One packet of reordering slack
-# is plenty for a voice-activity detector.
-MICROPHONE_PREFETCH_PACKETS = 1
-
-
-def hear_promptly(receiver: Any) -> bool:
-    """Shorten the microphone receiver's jitter buffer (before its first packet); False if this
-    aiortc keeps it elsewhere (then its default 80 ms stays).
-    """
-    name = "_RTCRtpReceiver__jitter_buffer"
-    if not isinstance(getattr(receiver, name, None), JitterBuffer):
-        return False
-    setattr(receiver, name, JitterBuffer(capacity=16, prefetch=MICROPHONE_PREFETCH_PACKETS))
-    return True
 
 
 class Session:
