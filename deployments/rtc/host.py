@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -45,6 +46,7 @@ from deployments.rtc.timeline import MediaClock, MediaTimeline
 from deployments.rtc.tracks import AvatarAudioTrack, AvatarVideoTrack
 
 log = logging.getLogger(__name__)
+GIL_SWITCH_INTERVAL_S = 0.001  # Python's default is 0.005 (see SessionHost.__init__)
 
 
 class HostSettings(BaseModel):
@@ -120,6 +122,10 @@ class SessionHost:
         microphones are not listened to); `VadSettings` fields; the LLM (chat when enabled).
         """
         adopt_serve_logging()
+        # Each audio packet (every 20 ms per session) is encoded on an executor thread and handed
+        # back to the event loop: with Python's 5 ms GIL switch interval each handoff can wait 5 ms
+        # behind the video encoders' threads, and the audio sender falls behind.
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self.settings = HostSettings(**(settings or {}))
         self._tts, self._renderer, self._asr = tts, renderer, asr
         self._llm = llm or LlmSettings()

@@ -113,6 +113,8 @@ class Session:
             "state": self.pc.connectionState,
             "video_frames_sent": self.video.sent,
             "audio_packets_sent": self.audio.sent,
+            "video_frames_skipped": self.video.skipped,  # the sender fell > 120 ms behind (CPU starved)
+            "audio_packets_skipped": self.audio.skipped,
             "queued_slots": len(self.timeline),
             "rendered_chunks": self.conductor.rendered_chunks,
             "unrendered_chunks": self.conductor.unrendered_chunks,  # skipped the renderer after a failure

@@ -63,6 +63,7 @@ class AvatarVideoTrack(MediaStreamTrack):
         self._last = first_frame
         self._slot = -1
         self.sent = 0
+        self.skipped = 0  # slots never sent: the track was more than CATCH_UP_S behind
 
     @property
     def position_s(self) -> float:
@@ -73,7 +74,9 @@ class AvatarVideoTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         self._clock.start()
-        self._slot = _next_due(self._slot, self._clock.playing_slot(), CATCH_UP_FRAMES)
+        slot = _next_due(self._slot, self._clock.playing_slot(), CATCH_UP_FRAMES)
+        self.skipped += slot - self._slot - 1 if self._slot >= 0 else 0
+        self._slot = slot
         await _sleep_until(self._clock, self._clock.slot_time(self._slot))
         item = self._timeline.get(self._slot)
         if item is not None:
@@ -96,6 +99,7 @@ class AvatarAudioTrack(MediaStreamTrack):
         self._clock, self._timeline = clock, timeline
         self._packet = -1
         self.sent = 0
+        self.skipped = 0  # packets never sent: the track was more than CATCH_UP_S behind
 
     @property
     def position_s(self) -> float:
@@ -107,7 +111,9 @@ class AvatarAudioTrack(MediaStreamTrack):
             raise MediaStreamError
         t0 = self._clock.start()
         now_packet = int((self._clock.now() - t0) / AUDIO_CHUNK_S)
-        self._packet = _next_due(self._packet, now_packet, CATCH_UP_PACKETS)
+        packet = _next_due(self._packet, now_packet, CATCH_UP_PACKETS)
+        self.skipped += packet - self._packet - 1 if self._packet >= 0 else 0
+        self._packet = packet
         await _sleep_until(self._clock, t0 + self._packet * AUDIO_CHUNK_S)
         slot, half = divmod(self._packet, CHUNKS_PER_FRAME)
         self._timeline.audio_starting(slot)  # the slot's start cues (sentence start) run as it plays

@@ -155,6 +155,7 @@ async def test_a_track_far_behind_skips_slots_instead_of_playing_late(vt, clock,
     frame = await video.recv()
     assert frame.pts == 3600 * 8 and vt.t == pytest.approx(T0 + 8 * FRAME_S)
     assert video.sent == 3 and audio.sent == 4
+    assert video.skipped == 6 and audio.skipped == 12, "slots 1-6 (packets 2-13) never sent"
 
 
 async def test_a_track_a_little_behind_sends_what_it_owes_at_once_then_keeps_time(vt, clock, timeline):
@@ -167,6 +168,7 @@ async def test_a_track_a_little_behind_sends_what_it_owes_at_once_then_keeps_tim
     assert [(await video.recv()).pts // 3600 for _ in range(3)] == [1, 2, 3], "no frame lost"
     assert [(await audio.recv()).pts // 320 for _ in range(5)] == [2, 3, 4, 5, 6], "no speech packet lost"
     assert len(vt.sleeps) == sleeps, "sent at once: all were due"
+    assert video.skipped == audio.skipped == 0
     frame = await video.recv()
     assert frame.pts == 3600 * 4 and vt.t == pytest.approx(T0 + 4 * FRAME_S), "then on time again"
     assert picture(frame) == pytest.approx(40 + 40, abs=2)
