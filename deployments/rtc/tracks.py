@@ -27,10 +27,13 @@ SILENCE = np.zeros(AUDIO_CHUNK_SAMPLES, np.int16)
 # A track called late (a busy event loop, a starved CPU) still sends the slots it owes, each
 # stamped with its own time, while it is at most this far behind: the receiver's jitter buffer
 # evens the burst out and no frame or speech packet is lost. Further behind, it skips to the
-# slot playing now: a long stall is not replayed.
-CATCH_UP_S = 0.12
-CATCH_UP_FRAMES = round(CATCH_UP_S / FRAME_S)  # 3
-CATCH_UP_PACKETS = round(CATCH_UP_S / AUDIO_CHUNK_S)  # 6
+# slot playing now: a long stall is not replayed. Audio gets longer: a lost packet is a click in
+# the speech, and its sender catches up slowly (aiortc hands every 20 ms packet to an encoder
+# thread and back, so it gains only what a round trip saves on 20 ms).
+VIDEO_CATCH_UP_S = 0.12
+AUDIO_CATCH_UP_S = 0.3
+CATCH_UP_FRAMES = round(VIDEO_CATCH_UP_S / FRAME_S)  # 3
+CATCH_UP_PACKETS = round(AUDIO_CATCH_UP_S / AUDIO_CHUNK_S)  # 15
 
 
 def _next_due(last: int, now: int, catch_up: int) -> int:
@@ -63,7 +66,7 @@ class AvatarVideoTrack(MediaStreamTrack):
         self._last = first_frame
         self._slot = -1
         self.sent = 0
-        self.skipped = 0  # slots never sent: the track was more than CATCH_UP_S behind
+        self.skipped = 0  # slots never sent: the track was more than VIDEO_CATCH_UP_S behind
 
     @property
     def position_s(self) -> float:
@@ -99,7 +102,7 @@ class AvatarAudioTrack(MediaStreamTrack):
         self._clock, self._timeline = clock, timeline
         self._packet = -1
         self.sent = 0
-        self.skipped = 0  # packets never sent: the track was more than CATCH_UP_S behind
+        self.skipped = 0  # packets never sent: the track was more than AUDIO_CATCH_UP_S behind
 
     @property
     def position_s(self) -> float:

@@ -141,7 +141,8 @@ def test_a_missing_model_fails_fast_without_a_download(tmp_path: Path) -> None:
 
 def test_settings() -> None:
     assert RecognizerSettings(cpu_threads=3, num_workers=2).threads_per_worker() == 3
-    assert RecognizerSettings(num_workers=16).threads_per_worker() >= 1
+    assert RecognizerSettings().threads_per_worker() == 1
+    assert RecognizerSettings(cpu_threads=0, num_workers=16).threads_per_worker() >= 1
     with pytest.raises(ValueError):
         RecognizerSettings(compute_type="float16")  # not on a CPU
 

@@ -17,7 +17,7 @@ from aiortc.mediastreams import MediaStreamError
 from deployments.common.timing import SAMPLES_PER_FRAME
 from deployments.rtc import tracks
 from deployments.rtc.timeline import FRAME_S, MediaClock, MediaItem, MediaTimeline
-from deployments.rtc.tracks import AvatarAudioTrack, AvatarVideoTrack
+from deployments.rtc.tracks import CATCH_UP_FRAMES, CATCH_UP_PACKETS, AvatarAudioTrack, AvatarVideoTrack
 
 pytestmark = pytest.mark.unit
 
@@ -137,25 +137,27 @@ async def test_an_empty_slot_repeats_the_last_picture_and_plays_silence(vt, cloc
 
 
 async def test_a_track_far_behind_skips_slots_instead_of_playing_late(vt, clock, timeline):
-    for n in range(12):
+    for n in range(14):
         timeline.put(n, item(n))
     video, audio = AvatarVideoTrack(clock, timeline, solid(0)), AvatarAudioTrack(clock, timeline)
     await play_slot(video, audio)
-    vt.t = T0 + 7 * FRAME_S + 0.005  # the consumer stalled: slot 7 (packet 14) is playing now
+    # The consumer stalled past both catch-up bounds: slot 10 (packet 20) is playing now.
+    assert 10 - 1 > CATCH_UP_FRAMES and 20 - 2 > CATCH_UP_PACKETS
+    vt.t = T0 + 10 * FRAME_S + 0.005
     sleeps = len(vt.sleeps)
     frame = await video.recv()
-    assert frame.pts == 3600 * 7 and picture(frame) == pytest.approx(40 + 70, abs=2)
+    assert frame.pts == 3600 * 10 and picture(frame) == pytest.approx(40 + 100, abs=2)
     frame = await audio.recv()
-    assert frame.pts == 320 * 14 and np.array_equal(samples(frame), item(7).audio[:320])
+    assert frame.pts == 320 * 20 and np.array_equal(samples(frame), item(10).audio[:320])
     assert len(vt.sleeps) == sleeps, "no sleep: both were already due"
     # Then back on schedule: the next ones wait for their own time.
     frame = await audio.recv()
-    assert frame.pts == 320 * 15 and vt.t == pytest.approx(T0 + 7 * FRAME_S + 0.020)
-    assert np.array_equal(samples(frame), item(7).audio[320:])
+    assert frame.pts == 320 * 21 and vt.t == pytest.approx(T0 + 10 * FRAME_S + 0.020)
+    assert np.array_equal(samples(frame), item(10).audio[320:])
     frame = await video.recv()
-    assert frame.pts == 3600 * 8 and vt.t == pytest.approx(T0 + 8 * FRAME_S)
+    assert frame.pts == 3600 * 11 and vt.t == pytest.approx(T0 + 11 * FRAME_S)
     assert video.sent == 3 and audio.sent == 4
-    assert video.skipped == 6 and audio.skipped == 12, "slots 1-6 (packets 2-13) never sent"
+    assert video.skipped == 9 and audio.skipped == 18, "slots 1-9 (packets 2-19) never sent"
 
 
 async def test_a_track_a_little_behind_sends_what_it_owes_at_once_then_keeps_time(vt, clock, timeline):
@@ -163,7 +165,7 @@ async def test_a_track_a_little_behind_sends_what_it_owes_at_once_then_keeps_tim
         timeline.put(n, item(n))
     video, audio = AvatarVideoTrack(clock, timeline, solid(0)), AvatarAudioTrack(clock, timeline)
     await play_slot(video, audio)  # slot 0, packets 0 and 1
-    vt.t = T0 + 3 * FRAME_S + 0.005  # a 100 ms stall: slot 3 (packet 6) is playing, within CATCH_UP_S
+    vt.t = T0 + 3 * FRAME_S + 0.005  # a 100 ms stall: slot 3 (packet 6) is playing, within both bounds
     sleeps = len(vt.sleeps)
     assert [(await video.recv()).pts // 3600 for _ in range(3)] == [1, 2, 3], "no frame lost"
     assert [(await audio.recv()).pts // 320 for _ in range(5)] == [2, 3, 4, 5, 6], "no speech packet lost"
