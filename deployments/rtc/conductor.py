@@ -192,6 +192,7 @@ class Conductor:
             task.cancel()
         self._queue.clear()
         self._restart_from(self._clock.playing_slot() + 1)
+        self._timeline.mute(self._clock.playing_slot())
         self._wake.set()
 
     @property

@@ -147,6 +147,14 @@ class MediaTimeline:
         for s in [s for s in self._items if s >= slot]:
             del self._items[s]
 
+    def mute(self, slot: int) -> None:
+        """Silence what of `slot`'s audio is not sent yet (interrupt: the slot playing stops at
+        its next 20 ms packet, not at its end); its picture and cues stay.
+        """
+        item = self._items.get(slot)
+        if item is not None and item.speech:
+            self._items[slot] = dataclasses.replace(item, audio=np.zeros_like(item.audio), speech=False)
+
     def has_speech_from(self, slot: int) -> bool:
         return any(item.speech for s, item in self._items.items() if s >= slot)
 

@@ -223,6 +223,24 @@ async def test_a_failing_render_plays_its_audio_over_idle_frames_and_the_session
 
 
 # ---- interrupts while a stage is busy ---------------------------------------------------------
+async def test_interrupt_silences_the_rest_of_the_slot_playing():
+    # The slot playing has sent its first 20 ms packet: the second one is silence (barge-in stops
+    # the voice up to 20 ms sooner); its picture stays, it is on screen already.
+    media = Media()
+    async with Rig(media) as rig:
+        rig.conductor.play(tone(1.0))
+        for _ in range(50):
+            item = media.timeline.get(media.slot)
+            if item is not None and item.speech:
+                break
+            await media.play_for(FRAME_S, settle=0.02)
+        assert item is not None and item.speech and item.audio.any()
+        rig.conductor.interrupt()
+        muted = media.timeline.get(media.slot)
+        assert muted is not None and not muted.audio.any() and not muted.speech
+        assert muted.frame is item.frame and muted.cues == item.cues
+
+
 async def test_interrupt_while_a_render_is_in_flight_discards_its_result():
     media = Media()
     render = FakeRenderer(hang=True)
