@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 
 from deployments.common.audio import decode_audio
-from deployments.common.errors import AvatarError, BadRequest
+from deployments.common.errors import AvatarError, BadRequest, Overloaded
 from deployments.common.logs import adopt_serve_logging
 from deployments.rtc import host_calls
 from deployments.rtc.auth import API_KEY_HEADER, TOKEN_HEADER, ApiKeyGuard, check_session_token, session_token, token_of
@@ -191,6 +191,13 @@ class Api:
 
     @app.get("/health")
     async def health(self) -> JSONResponse:
+        """200 once a SessionHost takes calls (the app can host sessions), else 503 "retry": a
+        readiness probe (the Api may be up before SessionHost is, or after its last replica died).
+        """
+        response = self._host.ping.remote()
+        if not await host_calls.taken_within(response, host_calls.ROUTE_TIMEOUT_S):
+            raise Overloaded(host_calls.NO_HOST)
+        await response
         return ok()
 
     @app.post("/offer")

@@ -154,6 +154,10 @@ class SessionHost:
         configure_video_bitrate(self.settings.video_bitrate_kbps)
 
     # ---- routing & health ----------------------------------------------------------------
+    async def ping(self) -> bool:
+        """Answers at once: the Api's readiness probe (`GET /health`)."""
+        return True
+
     def record_routing_stats(self) -> dict:
         """Sessions held (and being negotiated) for the router; samples the metrics too (every 1 s)."""
         self._metrics.sample(self._sessions.values())

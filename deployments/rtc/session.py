@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.codecs import h264, vpx
+from aiortc.sdp import SessionDescription
 
 from deployments.common.errors import BadOffer
 from deployments.common.logs import SessionLog
@@ -28,6 +29,14 @@ def configure_video_bitrate(kbps: int) -> None:
         codec.DEFAULT_BITRATE = bps
         codec.MIN_BITRATE = min(codec.MIN_BITRATE, bps)
         codec.MAX_BITRATE = max(bps, codec.MIN_BITRATE)
+
+
+def audio_codec(sdp: str) -> str | None:
+    """The audio codec an SDP answer settled on (its audio m-line's first), e.g. "audio/opus"."""
+    for media in SessionDescription.parse(sdp).media:
+        if media.kind == "audio" and media.rtp.codecs:
+            return media.rtp.codecs[0].mimeType.lower()
+    return None
 
 
 class Session:
@@ -105,6 +114,8 @@ class Session:
             await self.pc.setLocalDescription(await self.pc.createAnswer())
         except Exception as exc:
             raise BadOffer(f"cannot negotiate the offer: {exc}") from exc
+        if audio_codec(self.pc.localDescription.sdp) == "audio/opus":
+            self.audio.encode_opus()  # packets go out as they are, no encoder-thread round trip
         return self.pc.localDescription
 
     def stats(self) -> dict:

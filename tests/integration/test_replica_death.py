@@ -192,8 +192,13 @@ async def test_session_host_death_answers_410_or_503_within_a_second(app_url):
                 assert res.status_code == 200 and took <= ANSWER_S + 1.0, (res.text, took)
                 await http.post("/close", json={"sessionid": res.json()["sessionid"]})
 
+            res, took = await _timed(http.get("/health"))  # readiness: 503 unless a host answers
+            print(f"no host: health {res.status_code} in {took:.3f} s")
+            assert res.status_code in (200, 503) and took <= ANSWER_S + 0.5, (res.text, took)
+
             # Once replaced, the dead sessions stay 410 and a tag no replica ever had is 404.
             await wait_replaced("SessionHost", owner[b.sessionid])
+            assert (await http.get("/health")).status_code == 200
             for sid in (a.sessionid, b.sessionid):
                 assert (await http.get(f"/sessions/{sid}")).status_code == 410
             live = set(replica_pids("SessionHost"))

@@ -227,3 +227,36 @@ async def test_video_timestamps_are_exact_far_into_a_session(vt, clock, timeline
     for slot in (205, 410, 820):
         vt.t = T0 + (slot + 0.5) * FRAME_S
         assert (await video.recv()).pts == 3600 * slot
+
+
+async def test_with_opus_the_audio_track_gives_each_packet_encoded_and_stamped_in_48_khz(vt, clock, timeline):
+    from aiortc import RTCPeerConnection
+    from aiortc.codecs.opus import OpusDecoder
+    from aiortc.jitterbuffer import JitterFrame
+
+    from deployments.rtc.session import audio_codec
+
+    t = np.arange(12 * SAMPLES_PER_FRAME) / 16000
+    voice = (np.sin(2 * np.pi * 300 * t) * 8000).astype(np.int16)  # 300 Hz, 12 slots
+    for n in range(12):
+        timeline.put(n, MediaItem(solid(0), voice[n * SAMPLES_PER_FRAME : (n + 1) * SAMPLES_PER_FRAME], n, 0, True))
+    audio = AvatarAudioTrack(clock, timeline)
+    audio.encode_opus()
+    decoder, heard = OpusDecoder(), []
+    for m in range(24):
+        packet = await audio.recv()
+        assert packet.pts == 960 * m and packet.time_base == fractions.Fraction(1, 48000)
+        (frame,) = decoder.decode(JitterFrame(bytes(packet), packet.pts))
+        heard.append(frame.to_ndarray().reshape(-1, 2)[:, 0])  # 48 kHz stereo, as a browser decodes it
+    heard = np.concatenate(heard)[4800:].astype(np.float32)  # past the codec's start-up
+    spectrum = np.abs(np.fft.rfft(heard))
+    assert abs(np.argmax(spectrum) * 48000 / heard.size - 300) < 5, "the slot's voice, decoded"
+    assert 0.15 < np.sqrt(np.mean(heard**2)) / 32768 < 0.25, "at its level (8000/32768/sqrt 2 = 0.17)"
+
+    pc = RTCPeerConnection()
+    try:
+        pc.addTransceiver("audio")
+        await pc.setLocalDescription(await pc.createOffer())
+        assert audio_codec(pc.localDescription.sdp) == "audio/opus"
+    finally:
+        await pc.close()
