@@ -85,12 +85,24 @@ async def _speaking(client: AvatarClient, timeout: float = 20.0) -> float:
     return t_send
 
 
-def _assert_video_kept_going(client: AvatarClient, t_from: float, t_to: float) -> None:
+async def _video_sent(client: AvatarClient) -> tuple[float, int, int]:
+    """(now, video frames the server sent, frames it skipped) for the client's session."""
+    data = (await client.http.get(f"/sessions/{client.sessionid}")).json()["data"]
+    return time.monotonic(), data["video_frames_sent"], data["video_frames_skipped"]
+
+
+async def _assert_video_kept_going(client: AvatarClient, t_from: float, sent_from: tuple[float, int, int]) -> None:
+    t_to, sent, skipped = await _video_sent(client)
+    sent_fps = (sent - sent_from[1]) / (t_to - sent_from[0])
     fps, gap = analysis.video_rate(client.rec, t_from, t_to)
     moving = {sig for t, sig in zip(client.rec.video_t, client.rec.mouth, strict=True) if t_from <= t <= t_to}
-    print(f"video {t_from:.1f}..{t_to:.1f}: {fps:.1f} fps, largest gap {gap * 1000:.0f} ms, {len(moving)} distinct")
-    # 25 fps sent; arrival times on a loaded 2-core machine jitter (a 200 ms stall alone is 23.3).
-    assert fps >= 22, f"video rate after the kill: {fps:.1f} fps"
+    print(f"video {t_from:.1f}..{t_to:.1f}: sent {sent_fps:.1f} fps ({skipped - sent_from[2]} skipped); "
+          f"received {fps:.1f} fps, largest gap {gap * 1000:.0f} ms, {len(moving)} distinct")
+    # The server sends 25 fps and skips (almost) nothing. The client decodes on the same 2 cores
+    # while Serve starts the replacement replica (a Python process importing torch): its
+    # received rate dips more than what was sent.
+    assert sent_fps >= 24 and skipped - sent_from[2] <= 3, f"sent {sent_fps:.1f} fps, {skipped} skipped"
+    assert fps >= 20, f"video rate after the kill: {fps:.1f} fps"
     assert gap <= 0.2, f"video gap after the kill: {gap * 1000:.0f} ms"
     assert len(moving) >= 10, f"the picture stood still: {len(moving)} distinct frames"
 
@@ -118,9 +130,10 @@ async def test_render_or_tts_death_mid_sentence(app_url, deployment):
         await client.connect()
         await _speaking(client)
         (pid,) = replica_pids(deployment).values()
+        sent_at_kill = await _video_sent(client)
         t_kill = kill(pid)
         await asyncio.sleep(3.0)
-        _assert_video_kept_going(client, t_kill, time.monotonic())
+        await _assert_video_kept_going(client, t_kill, sent_at_kill)
         # The sentence in flight goes on (a chunk whose render failed plays over idle frames; TTS
         # audio already synthesised plays), or is reported failed in the session's stats.
         spoken = analysis.speech_seconds(client.rec, t_kill + 0.5, time.monotonic())
@@ -131,7 +144,7 @@ async def test_render_or_tts_death_mid_sentence(app_url, deployment):
         replaced_s = await wait_replaced(deployment, pid) + (time.monotonic() - t_kill)
         print(f"{deployment} killed: next sentence heard {heard_s:.2f} s after the kill, "
               f"replacement up by {replaced_s:.1f} s")
-        _assert_video_kept_going(client, t_kill, time.monotonic())
+        await _assert_video_kept_going(client, t_kill, sent_at_kill)
         assert heard_s <= 5.0, f"next sentence heard {heard_s:.2f} s after the {deployment} died"
     finally:
         await client.close()
