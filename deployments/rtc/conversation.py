@@ -84,6 +84,11 @@ class _Held:
     asked: str | None = None  # the text it asked the LLM (its exchange is in the chat history)
 
 
+def _turn_end_marks(turn: TurnEnd) -> dict[str, float]:
+    """The latency marks a turn's end sets: when, and how long after the speech ended."""
+    return {"turn_end_t": time.time(), "speech_end_lag_s": round(turn.at_s - turn.end_s, 3)}
+
+
 def frame_pcm(frame: Any) -> tuple[np.ndarray, int]:
     """An aiortc/PyAV audio frame as mono samples (any dtype) and its rate: channels averaged."""
     data = frame.to_ndarray()
@@ -260,9 +265,8 @@ class Conversation:
         if early is not None and early[0] != turn.end_s:  # not of this audio
             early[1].cancel()
             early = None
-        now = time.time()
-        self.last_turn = {"turn_end_t": now, "speech_end_lag_s": round(turn.at_s - turn.end_s, 3),
-                          "transcribe_t": early[2] if early is not None else now}
+        self.last_turn = _turn_end_marks(turn)
+        self.last_turn["transcribe_t"] = early[2] if early is not None else self.last_turn["turn_end_t"]
         self._start_reply(self._turn(early[1] if early is not None else self._transcribe(turn.pcm, True, self.id)),
                           text=None)
         if early is not None:  # a reply cancelled before it awaited the early transcript drops it too
@@ -285,7 +289,7 @@ class Conversation:
         """The turn ended as the prepared reply assumed: let it be heard and published."""
         held, self._held = self._held, None
         assert held is not None
-        self.last_turn.update(turn_end_t=time.time(), speech_end_lag_s=round(turn.at_s - turn.end_s, 3))
+        self.last_turn.update(_turn_end_marks(turn))
         self._conductor.release(held.utts)
         for event in held.events:
             self._publish(event)

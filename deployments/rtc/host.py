@@ -122,9 +122,9 @@ class SessionHost:
         microphones are not listened to); `VadSettings` fields; the LLM (chat when enabled).
         """
         adopt_serve_logging()
-        # Each audio packet (every 20 ms per session) is encoded on an executor thread and handed
-        # back to the event loop: with Python's 5 ms GIL switch interval each handoff can wait 5 ms
-        # behind the video encoders' threads, and the audio sender falls behind.
+        # aiortc encodes every video frame (and audio, when not Opus) on an executor thread and hands
+        # it back to the event loop: with Python's 5 ms GIL switch interval each handoff can wait
+        # 5 ms behind the other encoder threads, and the senders fall behind.
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self.settings = HostSettings(**(settings or {}))
         self._tts, self._renderer, self._asr = tts, renderer, asr

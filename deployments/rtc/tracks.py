@@ -32,8 +32,7 @@ OPUS_BITRATE = 32_000  # mono 16 kHz speech (aiortc's encoder spends 96 kbit/s o
 # stamped with its own time, while it is at most this far behind: the receiver's jitter buffer
 # evens the burst out and no frame or speech packet is lost. Further behind, it skips to the
 # slot playing now: a long stall is not replayed. Audio gets longer: a lost packet is a click in
-# the speech, and its sender catches up slowly (aiortc hands every 20 ms packet to an encoder
-# thread and back, so it gains only what a round trip saves on 20 ms).
+# the speech, and a sender 20 ms per packet behind catches up only by what each packet saves.
 VIDEO_CATCH_UP_S = 0.12
 AUDIO_CATCH_UP_S = 0.3
 CATCH_UP_FRAMES = round(VIDEO_CATCH_UP_S / FRAME_S)  # 3
