@@ -33,6 +33,7 @@ from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 
 from clients.sse import EventStream
 from deployments.common.audio import resample, to_int16
+from deployments.rtc.auth import TOKEN_HEADER
 from deployments.rtc.ice import configure_host_addresses, rtc_configuration
 
 
@@ -177,7 +178,9 @@ class AvatarClient:
         return EventStream(self.http, self.sessionid, self.token)
 
     async def post(self, path: str, **fields) -> httpx.Response:
-        return await self.http.post(path, json={"sessionid": self.sessionid, **fields})
+        """POST JSON with the session's id and its token (deployments that require tokens check it)."""
+        headers = {TOKEN_HEADER: self.token} if self.token else {}
+        return await self.http.post(path, json={"sessionid": self.sessionid, **fields}, headers=headers)
 
     async def _read_video(self, track) -> None:
         try:

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import numpy as np
 from aiortc import RTCPeerConnection
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 from ray.serve.handle import DeploymentHandle
@@ -38,7 +38,13 @@ from deployments.rtc.conductor import Conductor, ConductorConfig
 from deployments.rtc.conversation import NO_CHAT, Conversation, ConversationSettings
 from deployments.rtc.events import HEARTBEAT_S, MAX_LISTENERS, OPENED, EventBus, delayed, sse_stream
 from deployments.rtc.host_registry import Owner
-from deployments.rtc.ice import configure_host_addresses, rtc_configuration
+from deployments.rtc.ice import (
+    announce_public_addresses,
+    check_public_addresses,
+    configure_host_addresses,
+    resolve_host_addresses,
+    rtc_configuration,
+)
 from deployments.rtc.metrics import HostMetrics
 from deployments.rtc.session import Session, configure_video_bitrate
 from deployments.rtc.session_ids import new_session_id, owner_tag, tag_of
@@ -54,8 +60,11 @@ class HostSettings(BaseModel):
 
     avatar_id: str = "astronaut"
     data_dir: str = "data/avatars"
-    # WebRTC host candidate addresses (env ICE_HOST_ADDRESSES wins); empty = all interfaces.
+    # WebRTC host candidate addresses (env ICE_HOST_ADDRESSES wins); empty = all interfaces;
+    # "node" = the IP Ray knows this replica's node by (one cluster config, each node its own).
     ice_host_addresses: list[str] = Field(default_factory=list)
+    # {private IP: public IP} announced instead, for nodes behind 1:1 NAT (docs/CLUSTER.md).
+    ice_public_addresses: dict[str, str] = Field(default_factory=dict)
     ice_servers: list[str] = Field(default_factory=list)  # STUN/TURN URLs; empty = no STUN traffic
     max_sessions: int = Field(4, ge=1)
     chunk_frames: int = Field(4, ge=2, le=8)
@@ -96,6 +105,11 @@ class HostSettings(BaseModel):
     # pause ends the turn; prepare_reply false waits for the turn's end to answer.
     early_final_s: float | None = Field(0.1, ge=0, le=5)
     prepare_reply: bool = True
+
+    @field_validator("ice_public_addresses")
+    @classmethod
+    def _ip_pairs(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_public_addresses(value)
 
 
 @serve.deployment(
@@ -150,7 +164,7 @@ class SessionHost:
         self._reapers: set[asyncio.Task] = set()  # one per session until it connects
         self._negotiating: Counter[str] = Counter()  # offers being answered, by client
         self._metrics = HostMetrics()
-        configure_host_addresses(self.settings.ice_host_addresses)
+        configure_host_addresses(resolve_host_addresses(self.settings.ice_host_addresses))
         configure_video_bitrate(self.settings.video_bitrate_kbps)
 
     # ---- routing & health ----------------------------------------------------------------
@@ -223,7 +237,8 @@ class SessionHost:
             self._reapers.add(reaper)
             reaper.add_done_callback(self._reapers.discard)
             SessionLog(log, session.id).info("started (%d on this replica)", len(self._sessions))
-            return {"sdp": answer.sdp, "type": answer.type, "sessionid": session.id}
+            announced = announce_public_addresses(answer.sdp, self.settings.ice_public_addresses)
+            return {"sdp": announced, "type": answer.type, "sessionid": session.id}
         finally:
             self._pending -= 1
             self._negotiating[client] -= 1

@@ -19,7 +19,9 @@ from serve_app import AppArgs
 
 pytestmark = pytest.mark.unit
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = sorted(CONFIGS_DIR.glob("*.yaml"))
+CLUSTER = "cluster.yaml"  # many nodes, many GPUs: the one-GPU bound does not apply
 GRAPH = {"Api", "SessionHost", "TTSService", "AvatarRenderer", "SpeechRecognizer"}
 USER_CONFIGS = {"AvatarRenderer": RendererConfig}
 
@@ -32,7 +34,7 @@ def _app(path: Path) -> dict[str, Any]:
 
 
 def test_there_are_cpu_and_gpu_configs() -> None:
-    assert {p.name for p in CONFIGS} >= {"serve.yaml", "serve.gpu.yaml", "serve.musetalk.gpu.yaml"}
+    assert {p.name for p in CONFIGS} >= {"serve.yaml", "serve.gpu.yaml", "serve.musetalk.gpu.yaml", CLUSTER}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -45,5 +47,23 @@ def test_config_is_accepted_by_serve_and_by_our_code(path: Path) -> None:
         assert dep["name"] in GRAPH, f"{path.name}: no deployment {dep['name']!r} in the graph"
         if "user_config" in dep:
             USER_CONFIGS[dep["name"]].model_validate(dep["user_config"])
-        gpus += dep.get("ray_actor_options", {}).get("num_gpus", 0) * dep.get("num_replicas", 1)
-    assert gpus <= 1.0, f"{path.name} asks for {gpus} GPUs on its one-GPU node"
+        gpus += dep.get("ray_actor_options", {}).get("num_gpus", 0) * _most_replicas(dep)
+    if path.name != CLUSTER:
+        assert gpus <= 1.0, f"{path.name} asks for {gpus} GPUs on its one-GPU node"
+
+
+def _most_replicas(dep: dict[str, Any]) -> int:
+    return dep.get("autoscaling_config", {}).get("max_replicas", dep.get("num_replicas", 1))
+
+
+def test_cluster_config_places_each_stage_on_its_own_nodes() -> None:
+    """SessionHost: one per CPU node (the resource those nodes declare), a fixed count (Serve's
+    downscaling would close sessions); renderers on GPU slices; the stateless stages autoscale."""
+    deps = {d["name"]: d for d in _app(CONFIGS_DIR / CLUSTER)["deployments"]}
+    host = deps["SessionHost"]
+    assert host["ray_actor_options"]["resources"] == {"session_host_node": 1}
+    assert host["max_replicas_per_node"] == 1 and "autoscaling_config" not in host
+    assert deps["AvatarRenderer"]["ray_actor_options"] == {"num_gpus": 0.25, "num_cpus": 0}
+    for name in ("Api", "TTSService", "SpeechRecognizer", "AvatarRenderer"):
+        assert "autoscaling_config" in deps[name] and "num_replicas" not in deps[name], name
+        assert deps[name].get("ray_actor_options", {}).get("num_gpus", 0) == (name == "AvatarRenderer") * 0.25

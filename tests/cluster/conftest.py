@@ -1,0 +1,138 @@
+"""A Ray cluster of several nodes on this machine, the app deployed on it from configs/cluster.yaml.
+
+`ray.cluster_utils.Cluster` starts one raylet per node (its own resources, its own worker
+processes), all on 127.0.0.1: a head (Serve's controller and proxy, the dashboard that `serve
+deploy` talks to), CPU nodes that declare `session_host_node` as configs/cluster.yaml asks, and
+GPU nodes that declare one GPU each (fake: the renderer runs the weight-free model on the CPU).
+The app is deployed with the real CLI, `serve deploy`, from the cluster config with only what
+this machine needs changed (`deploy_config`).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import ray
+import yaml
+from ray.cluster_utils import Cluster
+
+from deployments.avatar.builder import build_avatar
+from tests.leak_guard import _fail_on_leaked_tasks, _leaked_task_guard  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[2]
+CLUSTER_CONFIG = REPO / "configs" / "cluster.yaml"
+SERVE = str(Path(sys.executable).with_name("serve"))
+APP = "avatar"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class LocalCluster:
+    """The running cluster: its nodes by role, the app's URL and the dashboard that deploys to it."""
+
+    cluster: Cluster
+    cpu_nodes: list[Any]
+    gpu_nodes: list[Any]
+    dashboard: str
+    url: str
+    config: dict[str, Any] = field(default_factory=dict)
+
+    def node_id(self, node: Any) -> str:
+        return node.node_id
+
+    def deploy(self, config: dict[str, Any], tmp_dir: Path, timeout_s: float = 180.0) -> None:
+        """`serve deploy` the config (as a user would) and wait until the app is RUNNING."""
+        path = tmp_dir / f"deploy-{time.monotonic_ns()}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        subprocess.run([SERVE, "deploy", str(path), "--address", self.dashboard], check=True,
+                       capture_output=True, timeout=60)
+        self.config = copy.deepcopy(config)
+        wait_running(self.dashboard, timeout_s)
+
+
+def wait_running(dashboard: str, timeout_s: float) -> None:
+    """Until every deployment of the app is HEALTHY (the app RUNNING, no update in progress)."""
+    t_end = time.monotonic() + timeout_s
+    status: Any = None
+    while time.monotonic() < t_end:
+        res = httpx.get(f"{dashboard}/api/serve/applications/", timeout=10)
+        status = res.json().get("applications", {}).get(APP)
+        if status and status["status"] == "RUNNING" and all(
+                d["status"] == "HEALTHY" for d in status["deployments"].values()):
+            return
+        time.sleep(1.0)
+    raise TimeoutError(f"app not RUNNING after {timeout_s} s: {status}")
+
+
+def deploy_config(avatar_dir: Path, port: int) -> dict[str, Any]:
+    """configs/cluster.yaml with what this machine needs: one HTTP proxy (every node here is
+    127.0.0.1: proxies on every node would share a port), the test avatar, the weight-free
+    renderer on the CPU, and fewer always-on replicas for 2 real cores. Placement (resources,
+    GPU slices, replicas per node) is the file's own."""
+    config = yaml.safe_load(CLUSTER_CONFIG.read_text())
+    config["proxy_location"] = "HeadOnly"
+    config["http_options"].update(host="127.0.0.1", port=port)
+    (app,) = config["applications"]
+    app["args"].update(data_dir=str(avatar_dir), avatar_id="testface", model="parametric", device="cpu")
+    app["logging_config"]["encoding"] = "TEXT"
+    deps = {d["name"]: d for d in app["deployments"]}
+    for name in ("Api", "TTSService", "SpeechRecognizer"):
+        deps[name]["autoscaling_config"].update(min_replicas=1, max_replicas=1)
+    deps["AvatarRenderer"]["user_config"] = {"max_batch_size": 16, "batch_wait_timeout_s": 0.01}
+    return config
+
+
+@pytest.fixture(scope="module")
+def local_cluster(tmp_path_factory) -> Iterator[LocalCluster]:
+    """Head + 2 CPU nodes + 2 GPU nodes (1 fake GPU each), the app deployed from the cluster config."""
+    tmp = tmp_path_factory.mktemp("cluster")
+    build_avatar("testface", astronaut=True, out_dir=tmp / "avatars", idle_seconds=1.0, progress=False)
+    # Each SessionHost must announce its own node ("node" in the config), not the test's override.
+    saved_ice = os.environ.pop("ICE_HOST_ADDRESSES", None)
+    dashboard_port, http_port = free_port(), free_port()
+    node = {"node_ip_address": "127.0.0.1", "object_store_memory": 80 * 1024 * 1024}
+    cluster = Cluster(initialize_head=True, head_node_args={
+        **node, "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+        "dashboard_port": dashboard_port})
+    try:
+        cpu_nodes = [cluster.add_node(**node, num_cpus=5, resources={"session_host_node": 1}) for _ in range(2)]
+        gpu_nodes = [cluster.add_node(**node, num_cpus=1, num_gpus=1) for _ in range(2)]
+        ray.init(address=cluster.address, log_to_driver=False)
+        local = LocalCluster(cluster, cpu_nodes, gpu_nodes, f"http://127.0.0.1:{dashboard_port}",
+                             f"http://127.0.0.1:{http_port}")
+        wait_dashboard(local.dashboard)
+        local.deploy(deploy_config(tmp / "avatars", http_port), tmp)
+        yield local
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        if saved_ice is not None:
+            os.environ["ICE_HOST_ADDRESSES"] = saved_ice
+
+
+def wait_dashboard(dashboard: str, timeout_s: float = 60.0) -> None:
+    t_end = time.monotonic() + timeout_s
+    while time.monotonic() < t_end:
+        try:
+            if httpx.get(f"{dashboard}/api/serve/applications/", timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError("the dashboard's Serve API did not answer")
