@@ -63,6 +63,7 @@ def test_cluster_config_places_each_stage_on_its_own_nodes() -> None:
     host = deps["SessionHost"]
     assert host["ray_actor_options"]["resources"] == {"session_host_node": 1}
     assert host["max_replicas_per_node"] == 1 and "autoscaling_config" not in host
+    assert host["ray_actor_options"]["num_cpus"] == 0, "its cores are the ones the node does not declare"
     assert deps["AvatarRenderer"]["ray_actor_options"] == {"num_gpus": 0.25, "num_cpus": 0}
     for name in ("Api", "TTSService", "SpeechRecognizer", "AvatarRenderer"):
         assert "autoscaling_config" in deps[name] and "num_replicas" not in deps[name], name
