@@ -110,8 +110,11 @@ async def assert_kept_going(client: AvatarClient, t_from: float, before: tuple[f
     t_to, sent, skipped = await sent_frames(client)
     fps, gap = analysis.video_rate(client.rec, t_from, t_to)
     sent_fps = (sent - before[1]) / (t_to - before[0])
+    times = [t for t in client.rec.video_t if t_from <= t <= t_to]
+    gaps = sorted(((b - a, a - t_from) for a, b in zip(times, times[1:])), reverse=True)[:3]
     print(f"{what}: session {client.sessionid} sent {sent_fps:.1f} fps ({skipped - before[2]} skipped), "
-          f"received {fps:.1f} fps, largest gap {gap * 1000:.0f} ms over {t_to - t_from:.1f} s")
+          f"received {fps:.1f} fps, largest gap {gap * 1000:.0f} ms over {t_to - t_from:.1f} s; "
+          f"largest gaps (s, at s): {[(round(g, 3), round(at, 1)) for g, at in gaps]}")
     assert gap <= MAX_GAP_S, f"{what}: video gap of {gap * 1000:.0f} ms at the client"
     assert sent_fps >= 23, f"{what}: the server sent {sent_fps:.1f} fps"
 
@@ -143,5 +146,73 @@ async def test_redeploy_of_user_config_and_replica_counts_drops_no_session(local
         for client, b in zip(clients, before, strict=True):
             await assert_kept_going(client, t0, b, "redeploy")
             await say_and_hear(client)  # the same session, after the redeploy
+    finally:
+        await close_all(clients)
+
+
+async def wait_for(predicate, timeout_s: float, what: str, step_s: float = 0.25) -> float:
+    """Seconds until `predicate()` (sync or async) is true; AssertionError naming `what` after `timeout_s`."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return time.monotonic() - t0
+        await asyncio.sleep(step_s)
+    raise AssertionError(f"{what}: not within {timeout_s} s")
+
+
+async def _is_gone(client: AvatarClient) -> bool:
+    """Whether the session's calls answer 410. Before that: 200 (its host not yet known dead), 503
+    (no host answered in time) or, from Serve's proxy, 500 for a call that went to an Api replica
+    on the lost node (a proxy routes to it until the controller drops it)."""
+    res = await client.post("/is_speaking")
+    assert res.status_code in (200, 410, 500, 503), res.text
+    return res.status_code == 410
+
+
+async def test_losing_a_gpu_node_then_a_cpu_node(local_cluster):
+    """Runs last (it removes nodes). A GPU node goes: its renderers start again on the other GPU
+    node while both sessions keep their video. Then a SessionHost's node goes: that node's session
+    answers 410 and its client reconnects to a new session; the other session never notices."""
+    cluster = local_cluster.cluster
+    clients = await open_sessions(local_cluster.url, 2)
+    try:
+        by_node = {host_node(c.sessionid): c for c in clients}
+        survivor = by_node[local_cluster.node_id(local_cluster.cpu_nodes[0])]
+        victim = by_node[local_cluster.node_id(local_cluster.cpu_nodes[1])]
+        lost_gpu, kept_gpu = local_cluster.gpu_nodes[1], local_cluster.node_id(local_cluster.gpu_nodes[0])
+        assert lost_gpu.node_id in replicas("AvatarRenderer").values(), "the node to lose hosts renderers"
+
+        t0 = time.monotonic()
+        before = [await sent_frames(c) for c in clients]
+        await asyncio.gather(*(say_and_hear(c, LONG_TEXT) for c in clients))
+        t_kill = time.monotonic()
+        await asyncio.to_thread(cluster.remove_node, lost_gpu, False)  # SIGKILL: no goodbye
+        print(f"GPU node killed at {t_kill - t0:.1f} s, removed by {time.monotonic() - t0:.1f} s")
+        took = await wait_for(lambda: list(replicas("AvatarRenderer").values()) == [kept_gpu] * 4, 60,
+                              "4 renderers again, all on the GPU node left")
+        print(f"GPU node lost: renderers rescheduled {took:.1f} s after")
+        for client, b in zip(clients, before, strict=True):
+            await assert_kept_going(client, t0, b, "GPU node lost")
+            await say_and_hear(client)  # rendering with the rescheduled replicas
+
+        t1 = time.monotonic()
+        kept = await sent_frames(survivor)
+        await survivor.post("/human", text=LONG_TEXT, type="echo")
+        await asyncio.to_thread(cluster.remove_node, local_cluster.cpu_nodes[1], False)
+        took = await wait_for(lambda: _is_gone(victim), 60, "the lost node's session answers 410")
+        print(f"CPU node lost: its session answered 410 after {took:.1f} s")
+        await assert_kept_going(survivor, t1, kept, "CPU node lost")
+        assert await say_and_hear(survivor) < 5.0
+
+        await victim.close()
+        again = AvatarClient(local_cluster.url, decode_video=False)
+        clients.append(again)
+        await again.connect(timeout=60)  # a reconnecting client gets a new session, on the node left
+        assert host_node(again.sessionid) == local_cluster.node_id(local_cluster.cpu_nodes[0])
+        assert await say_and_hear(again) < 5.0
+        print(f"node losses took {time.monotonic() - t_kill:.1f} s in all")
     finally:
         await close_all(clients)
