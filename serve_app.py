@@ -14,13 +14,14 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from ray.serve import Application
 
 from deployments.asr.deployment import SpeechRecognizer
 from deployments.asr.recognizer import RecognizerSettings
 from deployments.asr.vad import VadSettings
 from deployments.avatar.deployment import AvatarRenderer
+from deployments.avatar.gpu_cost import SimulatedGpu
 from deployments.common.models import FEATURE_MODELS, lipsync_model, served_model
 from deployments.llm import LlmSettings, settings_from
 from deployments.rtc.api import Api, ApiSettings
@@ -58,6 +59,8 @@ class AppArgs(HostSettings):
     checkpoint: str | None = None  # lip-sync weights (see models/README.md); None = the model's default
     device: str = "auto"  # renderer and its feature network: "auto" (CUDA if the replica has a GPU), "cpu", "cuda:0"
     feature_model_dirs: dict[str, str] = Field(default_factory=dict)  # {"whisper": ..., "hubert": ...}
+    # No network: batches take a GPU cost model's time (deployments/avatar/gpu_cost.py), e.g. h100
+    simulated_gpu: SimulatedGpu | None = None
     tts_engine: str = "piper"
     tts_options: dict[str, Any] = Field(default_factory=dict)
     api: ApiSettings = Field(default_factory=ApiSettings)
@@ -75,6 +78,13 @@ class AppArgs(HostSettings):
     @classmethod
     def _known_model(cls, value: str) -> str:
         return served_model(value).name  # aliases become the canonical name
+
+    @field_validator("simulated_gpu")
+    @classmethod
+    def _model_has_gpu_cost(cls, value: SimulatedGpu | None, info: ValidationInfo) -> SimulatedGpu | None:
+        if value is not None and "model" in info.data:
+            value.cost_model(lipsync_model(info.data["model"]), face_size=256)  # parametric has none
+        return value
 
     @field_validator("tts_engine")
     @classmethod
@@ -150,7 +160,8 @@ def bind_graph(cfg: AppArgs, *, host_replicas: int | None = None) -> Application
     tts = TTSService.bind(engine=cfg.tts_engine, engine_options=cfg.tts_options)
     # Relative paths (the defaults too) are anchored at the repo: replicas may run elsewhere.
     renderer = AvatarRenderer.bind(data_dir=cfg.data_dir, model=cfg.model, device=cfg.device,
-                                   checkpoint=_default_checkpoint(cfg), feature_model_dir=_feature_model_dir(cfg))
+                                   checkpoint=_default_checkpoint(cfg), feature_model_dir=_feature_model_dir(cfg),
+                                   simulated_gpu=cfg.simulated_gpu and cfg.simulated_gpu.model_dump())
     host_settings = HostSettings(**cfg.model_dump(include=set(HostSettings.model_fields)))
     host_deployment = SessionHost if host_replicas is None else SessionHost.options(num_replicas=host_replicas)
     recognizer_options = cfg.asr.recognizer()

@@ -41,6 +41,9 @@ class LipSyncModel:
         native_face_size: Crop side the network works at (avatars built at it skip a resize).
         needs_latents: Renders from the avatar's VAE latents (MuseTalk) instead of its crops.
         served: Selectable in a config (False: the network loads, but nothing can feed it).
+        gflops_per_frame: The network's forward cost per frame at `native_face_size` (torch
+            `FlopCounterMode` at batch 1, docs/PERFORMANCE.md "The networks alone"); what the
+            simulated GPU (`avatar.gpu_cost`) charges. None for a weight-free model.
     """
 
     name: str
@@ -54,6 +57,7 @@ class LipSyncModel:
     native_face_size: int | None = None
     needs_latents: bool = False
     served: bool = True
+    gflops_per_frame: float | None = None
 
     @property
     def needs_torch(self) -> bool:
@@ -91,23 +95,25 @@ LIPSYNC_MODELS: Registry[LipSyncModel] = Registry("lip-sync model", {
         "wav2lip96", "mel", f"{_LIPSYNC}.wav2lip:Wav2LipEngine", f"{_NETWORKS}.wav2lip:Wav2Lip96",
         checkpoint="models/wav2lip.pth",
         checkpoint_layout="models/wav2lip.pth (Rudrabha wav2lip.pth or wav2lip_gan.pth)",
-        native_face_size=96),
+        native_face_size=96, gflops_per_frame=7.9),
     "wav2lip256": LipSyncModel(
         "wav2lip256", "mel", f"{_LIPSYNC}.wav2lip:Wav2LipEngine", f"{_NETWORKS}.wav2lip:Wav2Lip256",
         checkpoint="models/wav2lip.pth", checkpoint_layout="models/wav2lip.pth (LiveTalking's wav2lip256.pth, renamed)",
-        native_face_size=256),
+        native_face_size=256, gflops_per_frame=55.6),
     "ultralight_hubert": LipSyncModel(
         "ultralight_hubert", "hubert", f"{_LIPSYNC}.ultralight:UltralightEngine", f"{_NETWORKS}.ultralight:Ultralight",
-        ("hubert",), avatar_checkpoint="ultralight.pth", checkpoint_layout=ULTRALIGHT_LAYOUT, native_face_size=168),
+        ("hubert",), avatar_checkpoint="ultralight.pth", checkpoint_layout=ULTRALIGHT_LAYOUT, native_face_size=168,
+        gflops_per_frame=6.3),
     # Loads exactly, but needs WeNet encoder features nothing offline provides (docs/decisions.md).
     "ultralight_wenet": LipSyncModel(
         "ultralight_wenet", "wenet", f"{_LIPSYNC}.ultralight:UltralightEngine", f"{_NETWORKS}.ultralight:Ultralight",
         ("wenet",), avatar_checkpoint="ultralight.pth", checkpoint_layout=ULTRALIGHT_LAYOUT, native_face_size=168,
-        served=False),
+        served=False, gflops_per_frame=6.8),
     "musetalk": LipSyncModel(
         "musetalk", "whisper", f"{_LIPSYNC}.musetalk:MuseTalkEngine", f"{_NETWORKS}.musetalk:MuseTalkUNet",
         checkpoint="models/musetalkV15/unet.pth", checkpoint_layout="models/musetalkV15/unet.pth (with musetalk.json)",
-        native_face_size=256, needs_latents=True),
+        # 177.8: one UNet step only; the VAE decode around it (70% of a frame on the CPU) is not counted.
+        native_face_size=256, needs_latents=True, gflops_per_frame=177.8),
 }, aliases={"wav2lip": "wav2lip256", "ultralight": "ultralight_hubert"})
 
 SERVED_MODELS: tuple[str, ...] = tuple(n for n in LIPSYNC_MODELS.names if LIPSYNC_MODELS.get(n).served)

@@ -1,0 +1,69 @@
+"""A lip-sync engine with no network: each batch takes the time a GPU cost model states.
+
+`AvatarRenderer(simulated_gpu=...)` uses it to drive the control plane (handles, batching, the
+renderer's threads) at hundreds of sessions on a machine without a GPU. It keeps the configured
+model's contract (its feature kind and window shape, the avatar's crop size) and returns the
+avatar's own crops: correct shape, no lip motion. No weights, no torch.
+
+    engine = SimulatedGpuEngine("wav2lip256", face_size=256, cost=SimulatedGpu(gpu="h100").cost_model(...))
+    out = engine.render(crops, features)    # a copy of `crops`, after cost.batch_s(len(crops)) seconds
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from deployments.avatar.gpu_cost import GpuCostModel
+from deployments.avatar.lipsync.base import LipSyncEngine
+from deployments.common.features import FEATURE_SHAPES, FeatureKind, check_pcm
+
+
+class SimulatedGpuEngine(LipSyncEngine):
+    """`model`'s contract, `cost`'s timing.
+
+    `render` blocks its calling thread for `cost.batch_s(B)` from the moment it is called, the
+    copy of the crops included, and releases the GIL meanwhile (`time.sleep`), as a synchronous
+    GPU forward pass does. Several engines in one process (one per cached avatar) share the
+    process's one simulated GPU: their passes run one at a time.
+
+    Args:
+        model: The simulated model's registry name (it says which features it reads).
+        face_size: Side S of the avatar's crops.
+        cost: Seconds per forward pass.
+    """
+
+    _gpu = threading.Lock()  # one simulated GPU per process (replica), whatever the avatars
+
+    def __init__(self, model: str, face_size: int, cost: GpuCostModel) -> None:
+        self.model, self.face_size, self.cost = model, int(face_size), cost
+
+    def render(self, crops: np.ndarray, features: np.ndarray) -> np.ndarray:
+        """See `LipSyncEngine.render`: a copy of the crops, `cost.batch_s(B)` seconds after the call."""
+        with self._gpu:
+            start = time.perf_counter()
+            crops, features = self.check_batch(crops, features)
+            out = crops.copy()
+            time.sleep(max(0.0, self.cost.batch_s(len(crops)) - (time.perf_counter() - start)))
+            return out
+
+
+class ZeroFeatures:
+    """A feature engine of `kind` that returns windows of zeros: the simulation without feature cost.
+
+    It validates each buffer as the real engines do, so a bad request fails the same way.
+    """
+
+    def __init__(self, kind: FeatureKind) -> None:
+        self.kind = kind
+
+    def batch(self, pcms: Sequence[np.ndarray], n_frames: Sequence[int]) -> list[np.ndarray]:
+        """One (n, *FEATURE_SHAPES[kind]) float32 array of zeros per buffer."""
+        if len(pcms) != len(n_frames):
+            raise ValueError(f"got {len(pcms)} pcm buffers for {len(n_frames)} frame counts")
+        for pcm, n in zip(pcms, n_frames, strict=True):
+            check_pcm(pcm, n)
+        return [np.zeros((n, *FEATURE_SHAPES[self.kind]), np.float32) for n in n_frames]
