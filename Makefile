@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 AVATAR := data/avatars/astronaut/avatar.json
 
-.PHONY: setup run test test-deps lint unit integration e2e bench clean
+.PHONY: setup run test test-deps lint unit integration e2e cluster bench clean
 
 setup: $(STAMP) $(AVATAR)
 
@@ -41,6 +41,9 @@ integration: setup
 
 e2e: setup test-deps
 	scripts/loopback_only.sh $(BIN)/python -m pytest tests/e2e
+
+cluster: setup
+	scripts/loopback_only.sh $(BIN)/python -m pytest tests/cluster
 
 bench: setup
 	$(BIN)/python -m bench.render_bench

@@ -10,14 +10,20 @@ import time
 from collections import Counter
 
 import httpx
+import numpy as np
 import pytest
 import ray
 
 from clients import analysis
 from clients.avatar_client import AvatarClient
+from deployments.avatar.types import RenderRequest
+from deployments.common.features import pcm_samples_for
 from deployments.rtc.session_ids import owner_tag
+from tests.cluster.nodes import lose_node
 
 pytestmark = pytest.mark.cluster
+K = 4  # frames per chunk (configs/cluster.yaml chunk_frames)
+SYNTHETIC_SESSIONS = 8  # ~200 frames/s: 3+ simulated renderers' worth (conftest.SIMULATED_GPU)
 SENTENCE = "Hello from one node of the cluster, speaking while the others work."
 
 
@@ -111,7 +117,7 @@ async def assert_kept_going(client: AvatarClient, t_from: float, before: tuple[f
     fps, gap = analysis.video_rate(client.rec, t_from, t_to)
     sent_fps = (sent - before[1]) / (t_to - before[0])
     times = [t for t in client.rec.video_t if t_from <= t <= t_to]
-    gaps = sorted(((b - a, a - t_from) for a, b in zip(times, times[1:])), reverse=True)[:3]
+    gaps = sorted(((b - a, a - t_from) for a, b in zip(times, times[1:], strict=False)), reverse=True)[:3]
     print(f"{what}: session {client.sessionid} sent {sent_fps:.1f} fps ({skipped - before[2]} skipped), "
           f"received {fps:.1f} fps, largest gap {gap * 1000:.0f} ms over {t_to - t_from:.1f} s; "
           f"largest gaps (s, at s): {[(round(g, 3), round(at, 1)) for g, at in gaps]}")
@@ -172,6 +178,59 @@ async def _is_gone(client: AvatarClient) -> bool:
     return res.status_code == 410
 
 
+def renderer_handle():
+    from ray import serve
+
+    return serve.get_deployment_handle("AvatarRenderer", app_name="avatar")
+
+
+async def synthetic_session(handle, sid: int, stop: asyncio.Event, n_frames: int) -> int:
+    """Chunks of one talking session, one every 160 ms (K = 4 frames), straight to the renderer."""
+    pcm = np.random.default_rng(sid).normal(0.0, 0.1, pcm_samples_for(K)).astype(np.float32)
+    done, t_next = 0, time.monotonic()
+    while not stop.is_set():
+        first = (sid * 7 + done) * K
+        await handle.render.remote(RenderRequest("testface", tuple((first + j) % n_frames for j in range(K)), pcm))
+        done += 1
+        t_next += K / 25
+        await asyncio.sleep(max(0.0, t_next - time.monotonic()))
+    return done
+
+
+async def test_renderer_scales_up_under_load_and_back_down_without_stalling_sessions(local_cluster, tmp_path):
+    original = local_cluster.config
+    autoscaling = {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 1, "upscale_delay_s": 1,
+                   "downscale_delay_s": 4, "metrics_interval_s": 0.5, "look_back_period_s": 2}
+    await asyncio.to_thread(local_cluster.deploy, with_changes(original, AvatarRenderer={
+        "autoscaling_config": autoscaling}), tmp_path)
+    await wait_for(lambda: len(replicas("AvatarRenderer")) == 1, 60, "down to min_replicas before the load")
+    clients = await open_sessions(local_cluster.url, 2)
+    try:
+        handle = renderer_handle()
+        n_frames = (await handle.avatar_info.remote("testface"))["frames"]
+        t0 = time.monotonic()
+        before = [await sent_frames(c) for c in clients]
+        stop = asyncio.Event()
+        load = [asyncio.create_task(synthetic_session(handle, i, stop, n_frames)) for i in range(SYNTHETIC_SESSIONS)]
+        try:
+            up = await wait_for(lambda: len(replicas("AvatarRenderer")) >= 3, 60, "renderer scaled up under load")
+            most = len(replicas("AvatarRenderer"))
+            await asyncio.gather(*(say_and_hear(c) for c in clients))  # talking while it scales
+        finally:
+            stop.set()
+            chunks = await asyncio.gather(*load)
+        down = await wait_for(lambda: len(replicas("AvatarRenderer")) == 1, 60, "renderer scaled back down")
+        print(f"autoscaling: {most} renderers {up:.1f} s into the load ({sum(chunks)} chunks), "
+              f"back to 1 {down:.1f} s after it")
+        assert len(replicas("AvatarRenderer").values()) == 1
+        for client, b in zip(clients, before, strict=True):
+            await assert_kept_going(client, t0, b, "autoscaling")
+            assert await say_and_hear(client) < 5.0
+    finally:
+        await close_all(clients)
+        await asyncio.to_thread(local_cluster.deploy, original, tmp_path)
+
+
 async def test_losing_a_gpu_node_then_a_cpu_node(local_cluster):
     """Runs last (it removes nodes). A GPU node goes: its renderers start again on the other GPU
     node while both sessions keep their video. Then a SessionHost's node goes: that node's session
@@ -189,7 +248,7 @@ async def test_losing_a_gpu_node_then_a_cpu_node(local_cluster):
         before = [await sent_frames(c) for c in clients]
         await asyncio.gather(*(say_and_hear(c, LONG_TEXT) for c in clients))
         t_kill = time.monotonic()
-        await asyncio.to_thread(cluster.remove_node, lost_gpu, False)  # SIGKILL: no goodbye
+        await asyncio.to_thread(lose_node, cluster, lost_gpu)
         print(f"GPU node killed at {t_kill - t0:.1f} s, removed by {time.monotonic() - t0:.1f} s")
         took = await wait_for(lambda: list(replicas("AvatarRenderer").values()) == [kept_gpu] * 4, 60,
                               "4 renderers again, all on the GPU node left")
@@ -201,10 +260,9 @@ async def test_losing_a_gpu_node_then_a_cpu_node(local_cluster):
         t1 = time.monotonic()
         kept = await sent_frames(survivor)
         await survivor.post("/human", text=LONG_TEXT, type="echo")
-        await asyncio.to_thread(cluster.remove_node, local_cluster.cpu_nodes[1], False)
+        await asyncio.to_thread(lose_node, cluster, local_cluster.cpu_nodes[1])
         took = await wait_for(lambda: _is_gone(victim), 60, "the lost node's session answers 410")
         print(f"CPU node lost: its session answered 410 after {took:.1f} s")
-        await assert_kept_going(survivor, t1, kept, "CPU node lost")
         assert await say_and_hear(survivor) < 5.0
 
         await victim.close()
@@ -213,6 +271,7 @@ async def test_losing_a_gpu_node_then_a_cpu_node(local_cluster):
         await again.connect(timeout=60)  # a reconnecting client gets a new session, on the node left
         assert host_node(again.sessionid) == local_cluster.node_id(local_cluster.cpu_nodes[0])
         assert await say_and_hear(again) < 5.0
+        await assert_kept_going(survivor, t1, kept, "CPU node lost")  # from the loss to the reconnect
         print(f"node losses took {time.monotonic() - t_kill:.1f} s in all")
     finally:
         await close_all(clients)
