@@ -1,6 +1,7 @@
 """Sessions one SessionHost holds at 25 fps on this machine, idle and talking, and where the CPU goes.
 
     scripts/loopback_only.sh .venv/bin/python -m bench.capacity_bench [--sessions 2 4 8] [--seconds 15]
+    scripts/loopback_only.sh .venv/bin/python -m bench.capacity_bench --vp8-options '{}'   # aiortc's libvpx options
 
 For each N, N aiortc clients connect to a real Serve app (default renderer, Piper) and are held
 for `--seconds`: first idle, then talking (each session is sent a sentence every ~3 s with
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import time
@@ -86,12 +88,15 @@ def run() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--vp8-options", default=None,
+                        help='libvpx options as JSON, e.g. "{}" for aiortc\'s own (default: the app\'s)')
     args = parser.parse_args()
     data = Path("/tmp/capacity_bench_avatars")
     if not (data / "testface").is_dir():
         build_avatar("testface", astronaut=True, out_dir=data, idle_seconds=1.0, progress=False)
+    vp8 = {} if args.vp8_options is None else {"vp8_options": json.loads(args.vp8_options)}
     cfg = AppArgs(data_dir=str(data), avatar_id="testface", ice_host_addresses=["127.0.0.1"],
-                  max_sessions=max(args.sessions))
+                  max_sessions=max(args.sessions), **vp8)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": PORT})

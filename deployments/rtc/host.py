@@ -36,6 +36,7 @@ from deployments.llm import LlmChat, LlmSettings, make_client
 from deployments.rtc import host_registry
 from deployments.rtc.conductor import Conductor, ConductorConfig
 from deployments.rtc.conversation import NO_CHAT, Conversation, ConversationSettings
+from deployments.rtc.encoders import FAST_VP8, configure_video_bitrate, configure_vp8_options
 from deployments.rtc.events import HEARTBEAT_S, MAX_LISTENERS, OPENED, EventBus, delayed, sse_stream
 from deployments.rtc.host_registry import Owner
 from deployments.rtc.ice import (
@@ -46,7 +47,7 @@ from deployments.rtc.ice import (
     rtc_configuration,
 )
 from deployments.rtc.metrics import HostMetrics
-from deployments.rtc.session import Session, configure_video_bitrate
+from deployments.rtc.session import Session
 from deployments.rtc.session_ids import new_session_id, owner_tag, tag_of
 from deployments.rtc.timeline import MediaClock, MediaTimeline
 from deployments.rtc.tracks import AvatarAudioTrack, AvatarVideoTrack
@@ -70,6 +71,8 @@ class HostSettings(BaseModel):
     chunk_frames: int = Field(4, ge=2, le=8)
     lead_chunks: int = Field(2, ge=1, le=4)
     video_bitrate_kbps: int = Field(1000, ge=100, le=20000)
+    # libvpx options over aiortc's (encoders.FAST_VP8: half the encode time); {} = aiortc's own
+    vp8_options: dict[str, str] = Field(default_factory=lambda: dict(FAST_VP8))
     # An offer that has not connected by then is dropped and frees its slot (aiortc never gives up
     # on an offer whose ICE does not complete, so replayed or candidate-less offers would pile up).
     connect_timeout_s: float = Field(30.0, gt=0, le=600)
@@ -166,6 +169,7 @@ class SessionHost:
         self._metrics = HostMetrics()
         configure_host_addresses(resolve_host_addresses(self.settings.ice_host_addresses))
         configure_video_bitrate(self.settings.video_bitrate_kbps)
+        configure_vp8_options(self.settings.vp8_options)
 
     # ---- routing & health ----------------------------------------------------------------
     async def ping(self) -> bool:

@@ -7,7 +7,6 @@ import logging
 from collections.abc import Callable
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
-from aiortc.codecs import h264, vpx
 from aiortc.sdp import SessionDescription
 
 from deployments.common.errors import BadOffer
@@ -20,15 +19,6 @@ from deployments.rtc.timeline import FRAME_S, MediaClock, MediaTimeline
 from deployments.rtc.tracks import AvatarAudioTrack, AvatarVideoTrack
 
 log = logging.getLogger(__name__)
-
-
-def configure_video_bitrate(kbps: int) -> None:
-    """Set the encoders' starting and maximum bitrate (aiortc keeps them as module constants)."""
-    bps = int(kbps) * 1000
-    for codec in (vpx, h264):
-        codec.DEFAULT_BITRATE = bps
-        codec.MIN_BITRATE = min(codec.MIN_BITRATE, bps)
-        codec.MAX_BITRATE = max(bps, codec.MIN_BITRATE)
 
 
 def audio_codec(sdp: str) -> str | None:

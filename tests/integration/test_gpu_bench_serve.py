@@ -1,7 +1,7 @@
 """`bench.gpu_bench`'s Serve part in reduced mode: Ray with a fake GPU (`num_gpus=1` declared on
 this CPU box), `AvatarRenderer` as 2 replicas at `num_gpus: 0.5` (device "cpu", the weight-free
 parametric model), 2 paced sessions for 3 s. It checks the placement and the plumbing, not a
-GPU's speed. The networks part is tests/unit/test_gpu_bench.py.
+GPU's speed. The networks part is tests/unit/test_gpu_bench_networks.py.
 """
 
 from __future__ import annotations

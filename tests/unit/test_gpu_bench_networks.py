@@ -1,7 +1,7 @@
 """`bench.gpu_bench` without Ray: the networks part in reduced mode (what a CPU runs), the card
 table, the session pacing arithmetic and the command line's guard against fp16 on a CPU.
 
-The Serve part (Ray with a fake GPU) is tests/integration/test_gpu_bench.py.
+The Serve part (Ray with a fake GPU) is tests/integration/test_gpu_bench_serve.py.
 """
 
 from __future__ import annotations
