@@ -27,6 +27,7 @@ import httpx
 import pytest
 import ray
 import yaml
+from ray import serve
 from ray.cluster_utils import Cluster
 
 from deployments.avatar.builder import build_avatar
@@ -131,6 +132,10 @@ def local_cluster(tmp_path_factory) -> Iterator[LocalCluster]:
         local.deploy(deploy_config(tmp / "avatars", http_port), tmp)
         yield local
     finally:
+        # Serve's client and its handles first: a handle's metrics thread left running calls
+        # Ray again after `ray.shutdown()`, which starts a new local Ray in this process.
+        with contextlib.suppress(Exception):
+            serve.shutdown()
         ray.shutdown()
         cluster.shutdown()
         if saved_ice is not None:

@@ -69,6 +69,43 @@ async def say_and_hear(client: AvatarClient, text: str = SENTENCE, timeout_s: fl
     raise AssertionError(f"session {client.sessionid}: no speech within {timeout_s} s")
 
 
+async def heard_again(client: AvatarClient, within_s: float = 30.0) -> float:
+    """Seconds until a new sentence is heard, saying it again while the first tries fail.
+
+    After a node is lost a sentence can fail (its TTS replica was on that node; the next one
+    speaks once Serve has a replica again), so the bar is a sentence heard within `within_s`.
+    Speech still playing is interrupted first, so only new speech counts.
+    """
+    t0 = time.monotonic()
+    await client.post("/interrupt_talk")
+    await asyncio.sleep(0.5)  # the interrupted speech's last packets arrive
+    while True:
+        try:
+            await say_and_hear(client, timeout_s=8.0)
+            return time.monotonic() - t0
+        except AssertionError:
+            if time.monotonic() - t0 > within_s:
+                raise
+
+
+async def reconnect(url: str, within_s: float = 15.0) -> tuple[AvatarClient, int]:
+    """A new session as a page gets one after its host died: offers again on a 5xx answer (Serve's
+    proxy answers 500 for a call routed to an Api replica on the lost node until the controller
+    drops it). Returns the client and the try that got the session."""
+    t0, tries = time.monotonic(), 0
+    while True:
+        tries += 1
+        client = AvatarClient(url, decode_video=False)
+        try:
+            await client.connect(timeout=60)
+            return client, tries
+        except httpx.HTTPStatusError as exc:
+            await client.close()
+            if exc.response.status_code < 500 or time.monotonic() - t0 > within_s:
+                raise
+            await asyncio.sleep(0.5)
+
+
 async def close_all(clients: list[AvatarClient]) -> None:
     await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
 
@@ -261,15 +298,15 @@ async def test_losing_a_gpu_node_then_a_cpu_node(local_cluster):
         await asyncio.to_thread(lose_node, cluster, local_cluster.cpu_nodes[1])
         took = await wait_for(lambda: _is_gone(victim), 60, "the lost node's session answers 410")
         print(f"CPU node lost: its session answered 410 after {took:.1f} s")
-        assert await say_and_hear(survivor) < 5.0
 
         await victim.close()
-        again = AvatarClient(local_cluster.url, decode_video=False)
+        again, tries = await reconnect(local_cluster.url)
         clients.append(again)
-        await again.connect(timeout=60)  # a reconnecting client gets a new session, on the node left
+        print(f"CPU node lost: a reconnecting client got a new session at try {tries}")
         assert host_node(again.sessionid) == local_cluster.node_id(local_cluster.cpu_nodes[0])
-        assert await say_and_hear(again) < 5.0
         await assert_kept_going(survivor, t1, kept, "CPU node lost")  # from the loss to the reconnect
+        for client in (survivor, again):
+            print(f"CPU node lost: session {client.sessionid} heard again after {await heard_again(client):.1f} s")
         print(f"node losses took {time.monotonic() - t_kill:.1f} s in all")
     finally:
         await close_all(clients)
