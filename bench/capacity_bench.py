@@ -97,7 +97,7 @@ def run() -> None:
     vp8 = {} if args.vp8_options is None else {"vp8_options": json.loads(args.vp8_options)}
     cfg = AppArgs(data_dir=str(data), avatar_id="testface", ice_host_addresses=["127.0.0.1"],
                   max_sessions=max(args.sessions), **vp8)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": PORT})
         serve.run(bind_graph(cfg), name="avatar", route_prefix="/")

@@ -275,7 +275,7 @@ def measure(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
 
     tree = os.environ.get("PYTHONPATH", "").split(os.pathsep)[0]
     runtime_env = {"env_vars": {"PYTHONPATH": tree}} if tree else None
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env=runtime_env)
     serve.start(proxy_location="Disabled")
     try:
         for model in args.models:

@@ -176,7 +176,7 @@ def run() -> None:
         build_avatar("testface", astronaut=True, out_dir=data, idle_seconds=1.0, progress=False)
     cfg = AppArgs(data_dir=str(data), avatar_id="testface", ice_host_addresses=["127.0.0.1"],
                   llm={"base_url": f"http://127.0.0.1:{LLM_PORT}/v1", "model": "test-model"})
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": PORT})
         serve.run(bind_graph(cfg), name="avatar", route_prefix="/")

@@ -138,7 +138,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         build_avatar("benchface", astronaut=True, out_dir=Path(tmp), idle_seconds=1.0, progress=False)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         try:
             serve.start(http_options={"host": "127.0.0.1", "port": args.port})
             serve.run(bind_graph(AppArgs(data_dir=tmp, avatar_id="benchface", ice_host_addresses=["127.0.0.1"])),

@@ -427,7 +427,7 @@ def main() -> None:
             print(f"{model} in process: {fps} ({time.perf_counter() - t:.0f} s)", flush=True)
             del engine, inputs
 
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         serve.start(proxy_location="Disabled")  # no HTTP: the callers hold a handle
         try:
             for model in args.models:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -113,15 +114,18 @@ def local_cluster(tmp_path_factory) -> Iterator[LocalCluster]:
     """Head + 2 CPU nodes + 2 GPU nodes (1 fake GPU each), the app deployed from the cluster config."""
     tmp = tmp_path_factory.mktemp("cluster")
     build_avatar("testface", astronaut=True, out_dir=tmp / "avatars", idle_seconds=1.0, progress=False)
-    # Each SessionHost must announce its own node ("node" in the config), not the test's override.
-    saved_ice = os.environ.pop("ICE_HOST_ADDRESSES", None)
+    # Each SessionHost must announce its own node ("node" in the config), not the test's override;
+    # every node has the session secret (docs/CLUSTER.md), so tokens outlive a redeploy.
+    saved_env = {name: os.environ.pop(name, None) for name in ("ICE_HOST_ADDRESSES", "AVATAR_SESSION_SECRET")}
+    os.environ["AVATAR_SESSION_SECRET"] = secrets.token_hex(32)
     dashboard_port, http_port = free_port(), free_port()
     node = {"node_ip_address": "127.0.0.1", "object_store_memory": 80 * 1024 * 1024}
-    with other_machine():
-        cluster = Cluster(initialize_head=True, head_node_args={
-            **node, "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1",
-            "dashboard_port": dashboard_port})
+    cluster: Cluster | None = None
     try:
+        with other_machine():
+            cluster = Cluster(initialize_head=True, head_node_args={
+                **node, "num_cpus": 2, "include_dashboard": True, "dashboard_host": "127.0.0.1",
+                "dashboard_port": dashboard_port})
         cpu_nodes = [cluster.add_node(**node, num_cpus=2, resources={"session_host_node": 1}) for _ in range(2)]
         with other_machine():
             gpu_nodes = [cluster.add_node(**node, num_cpus=1, num_gpus=1) for _ in range(2)]
@@ -137,9 +141,12 @@ def local_cluster(tmp_path_factory) -> Iterator[LocalCluster]:
         with contextlib.suppress(Exception):
             serve.shutdown()
         ray.shutdown()
-        cluster.shutdown()
-        if saved_ice is not None:
-            os.environ["ICE_HOST_ADDRESSES"] = saved_ice
+        if cluster is not None:
+            cluster.shutdown()
+        for name, value in saved_env.items():
+            os.environ.pop(name, None)
+            if value is not None:
+                os.environ[name] = value
 
 
 @contextlib.contextmanager

@@ -213,6 +213,26 @@ async def _is_gone(client: AvatarClient) -> bool:
     return res.status_code == 410
 
 
+async def test_redeploy_of_args_replaces_every_replica_and_ends_sessions_with_410(local_cluster, tmp_path):
+    """What docs/CLUSTER.md says of a code or `args` change: Serve replaces every replica,
+    SessionHost too, so live sessions end (410 for their calls) and new offers get new sessions."""
+    clients = await open_sessions(local_cluster.url, 1)
+    try:
+        (old,) = clients
+        hosts = replicas("SessionHost")
+        changed = copy.deepcopy(local_cluster.config)
+        changed["applications"][0]["args"]["max_sessions"] += 1  # any args change
+        await asyncio.to_thread(local_cluster.deploy, changed, tmp_path)
+        assert not set(replicas("SessionHost")) & set(hosts), "every SessionHost was replaced"
+        res = await old.post("/is_speaking")
+        assert res.status_code == 410, res.text
+        new, _ = await reconnect(local_cluster.url)
+        clients.append(new)
+        assert await say_and_hear(new) < 5.0
+    finally:
+        await close_all(clients)
+
+
 def renderer_handle():
     from ray import serve
 

@@ -36,7 +36,8 @@ def start_app() -> Iterator[Callable[..., str]]:
 
     def start(cfg: AppArgs, port: int, **bind_kwargs: Any) -> str:
         nonlocal started
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # "local": a Ray of our own, never a cluster another run on this machine has started
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
         started = True
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(bind_graph(cfg, **bind_kwargs), name="avatar", route_prefix="/")

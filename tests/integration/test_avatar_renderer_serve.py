@@ -50,7 +50,7 @@ def avatar(data_dir: Path) -> Avatar:
 
 @pytest.fixture(scope="module")
 def handle(data_dir: Path) -> Iterator[DeploymentHandle]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         app = AvatarRenderer.options(
             user_config={"max_batch_size": 8, "batch_wait_timeout_s": BATCH_WAIT_S}

@@ -44,7 +44,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory, musetalk_models: Path) ->
 @pytest.fixture(scope="module")
 def renderer(data_dir: Path, musetalk_models: Path, whisper_dir: Path) -> Iterator[DeploymentHandle]:
     batching = {"max_batch_size": SESSIONS, "batch_wait_timeout_s": BATCH_WAIT_S}
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield serve.run(AvatarRenderer.options(user_config=batching).bind(
             data_dir=str(data_dir), model="musetalk", device="cpu", feature_model_dir=str(whisper_dir),

@@ -45,7 +45,7 @@ def wavs() -> dict[str, tuple[np.ndarray, str]]:
 
 @pytest.fixture(scope="module")
 def handle() -> Iterator[DeploymentHandle]:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": PORT})
         app = SpeechRecognizer.bind({"num_workers": WORKERS})
