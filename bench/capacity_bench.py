@@ -38,7 +38,7 @@ DEPLOYMENTS = ("SessionHost", "AvatarRenderer", "TTSService", "Api", "SpeechReco
 
 
 async def _stats(clients: list[AvatarClient]) -> list[dict]:
-    return [(await c.http.get(f"/sessions/{c.sessionid}")).json()["data"] for c in clients]
+    return [await c.session_stats() for c in clients]
 
 
 async def _hold(clients: list[AvatarClient], seconds: float, talking: bool) -> dict[str, float]:

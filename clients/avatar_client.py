@@ -179,8 +179,16 @@ class AvatarClient:
 
     async def post(self, path: str, **fields) -> httpx.Response:
         """POST JSON with the session's id and its token (deployments that require tokens check it)."""
-        headers = {TOKEN_HEADER: self.token} if self.token else {}
-        return await self.http.post(path, json={"sessionid": self.sessionid, **fields}, headers=headers)
+        return await self.http.post(path, json={"sessionid": self.sessionid, **fields}, headers=self._token_header())
+
+    async def session_stats(self) -> dict:
+        """The server's view of this session (`GET /sessions/{id}`: frames sent and skipped, ...)."""
+        res = await self.http.get(f"/sessions/{self.sessionid}", headers=self._token_header())
+        res.raise_for_status()
+        return res.json()["data"]
+
+    def _token_header(self) -> dict[str, str]:
+        return {TOKEN_HEADER: self.token} if self.token else {}
 
     async def _read_video(self, track) -> None:
         try:

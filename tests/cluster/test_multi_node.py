@@ -12,7 +12,6 @@ from collections import Counter
 import httpx
 import numpy as np
 import pytest
-import ray
 
 from clients import analysis
 from clients.avatar_client import AvatarClient
@@ -20,6 +19,7 @@ from deployments.avatar.types import RenderRequest
 from deployments.common.features import pcm_samples_for
 from deployments.rtc.session_ids import owner_tag
 from tests.cluster.nodes import lose_node
+from tests.serve_replicas import live_replicas
 
 pytestmark = pytest.mark.cluster
 K = 4  # frames per chunk (configs/cluster.yaml chunk_frames)
@@ -32,12 +32,8 @@ SENTENCE = "Hello from one node of the cluster, speaking while the others work."
 
 
 def replicas(deployment: str) -> dict[str, str]:
-    """{replica unique id: node id} of the live replicas of `deployment` (the GCS's actor table)."""
-    out = {}
-    for actor in ray._private.state.actors().values():
-        if actor["State"] == "ALIVE" and actor["ActorClassName"] == f"ServeReplica:avatar:{deployment}":
-            out[actor["Name"].rsplit("#", 1)[-1]] = actor["Address"]["NodeID"]
-    return out
+    """{replica unique id: node id} of the live replicas of `deployment`."""
+    return {rid: actor["Address"]["NodeID"] for rid, actor in live_replicas(deployment).items()}
 
 
 def host_node(sid: str) -> str:
@@ -141,8 +137,7 @@ async def test_sessions_on_every_host_node_talk_and_every_request_reaches_its_ow
 
 async def sent_frames(client: AvatarClient) -> tuple[float, int, int]:
     """(now, video frames the server sent, frames it skipped) for the client's session."""
-    res = await client.http.get(f"/sessions/{client.sessionid}", headers={"x-session-token": client.token or ""})
-    data = res.json()["data"]
+    data = await client.session_stats()
     return time.monotonic(), data["video_frames_sent"], data["video_frames_skipped"]
 
 

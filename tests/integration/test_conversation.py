@@ -123,7 +123,7 @@ async def test_typed_chat_answers_and_an_llm_error_leaves_the_session_going(depl
         assert (await client.post("/human", text="Hi there", type="chat")).status_code == 200
         _, start = await events.wait_for(lambda e: e.get("status") == "start", timeout=10)
         assert start["text"] == "Hello there." and llm_server.requests[-1].messages[-1]["content"] == "Hi there"  # a failed request leaves no trace
-        stats = (await client.http.get(f"/sessions/{client.sessionid}")).json()["data"]
+        stats = await client.session_stats()
         assert stats["conversation"]["llm_errors"] == 1 and stats["conversation"]["mode"] == "chat"
     finally:
         await _close(client, events)

@@ -19,12 +19,12 @@ import zlib
 import httpx
 import numpy as np
 import pytest
-import ray
 
 from clients import analysis
 from clients.avatar_client import AvatarClient
 from deployments.rtc.session_ids import owner_tag
 from serve_app import AppArgs
+from tests.serve_replicas import live_replicas
 
 pytestmark = pytest.mark.integration
 PORT = 8135
@@ -42,13 +42,8 @@ class FrameClient(AvatarClient):
 
 
 def replica_pids(deployment: str) -> dict[str, int]:
-    """{replica unique id: pid} of the live replicas of `deployment` in app "avatar" (from the GCS's
-    actor table: the state API needs the dashboard, which these tests do not start)."""
-    out = {}
-    for actor in ray._private.state.actors().values():
-        if actor["State"] == "ALIVE" and actor["ActorClassName"] == f"ServeReplica:avatar:{deployment}":
-            out[actor["Name"].rsplit("#", 1)[-1]] = int(actor["Pid"])
-    return out
+    """{replica unique id: pid} of the live replicas of `deployment` in app "avatar"."""
+    return {rid: int(actor["Pid"]) for rid, actor in live_replicas(deployment).items()}
 
 
 def kill(pid: int) -> float:
@@ -87,7 +82,7 @@ async def _speaking(client: AvatarClient, timeout: float = 20.0) -> float:
 
 async def _video_sent(client: AvatarClient) -> tuple[float, int, int]:
     """(now, video frames the server sent, frames it skipped) for the client's session."""
-    data = (await client.http.get(f"/sessions/{client.sessionid}")).json()["data"]
+    data = await client.session_stats()
     return time.monotonic(), data["video_frames_sent"], data["video_frames_skipped"]
 
 
@@ -137,7 +132,7 @@ async def test_render_or_tts_death_mid_sentence(app_url, deployment):
         # The sentence in flight goes on (a chunk whose render failed plays over idle frames; TTS
         # audio already synthesised plays), or is reported failed in the session's stats.
         spoken = analysis.speech_seconds(client.rec, t_kill + 0.5, time.monotonic())
-        errors = (await client.http.get(f"/sessions/{client.sessionid}")).json()["data"]["errors"]
+        errors = (await client.session_stats())["errors"]
         print(f"{deployment} killed: {spoken:.1f} s of speech in the 2.5 s after, errors {errors}")
         assert spoken >= 1.0 or errors, "the sentence stopped silently"
         heard_s = await _next_sentence_heard(client, t_kill, "Hello again, I am still here.")

@@ -11,7 +11,6 @@ avatar's own crops: correct shape, no lip motion. No weights, no torch.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Sequence
 
@@ -19,7 +18,7 @@ import numpy as np
 
 from deployments.avatar.gpu_cost import GpuCostModel
 from deployments.avatar.lipsync.base import LipSyncEngine
-from deployments.common.features import FEATURE_SHAPES, FeatureKind, check_pcm
+from deployments.common.features import FEATURE_SHAPES, FeatureKind, check_pcm_batch
 
 
 class SimulatedGpuEngine(LipSyncEngine):
@@ -27,8 +26,8 @@ class SimulatedGpuEngine(LipSyncEngine):
 
     `render` blocks its calling thread for `cost.batch_s(B)` from the moment it is called, the
     copy of the crops included, and releases the GIL meanwhile (`time.sleep`), as a synchronous
-    GPU forward pass does. Several engines in one process (one per cached avatar) share the
-    process's one simulated GPU: their passes run one at a time.
+    GPU forward pass does. Engines of one replica (one per cached avatar) share its one simulated
+    GPU: the renderer's device lock runs their passes one at a time, as it does for real networks.
 
     Args:
         model: The simulated model's registry name (it says which features it reads).
@@ -36,19 +35,16 @@ class SimulatedGpuEngine(LipSyncEngine):
         cost: Seconds per forward pass.
     """
 
-    _gpu = threading.Lock()  # one simulated GPU per process (replica), whatever the avatars
-
     def __init__(self, model: str, face_size: int, cost: GpuCostModel) -> None:
         self.model, self.face_size, self.cost = model, int(face_size), cost
 
     def render(self, crops: np.ndarray, features: np.ndarray) -> np.ndarray:
         """See `LipSyncEngine.render`: a copy of the crops, `cost.batch_s(B)` seconds after the call."""
-        with self._gpu:
-            start = time.perf_counter()
-            crops, features = self.check_batch(crops, features)
-            out = crops.copy()
-            time.sleep(max(0.0, self.cost.batch_s(len(crops)) - (time.perf_counter() - start)))
-            return out
+        start = time.perf_counter()
+        crops, features = self.check_batch(crops, features)
+        out = crops.copy()
+        time.sleep(max(0.0, self.cost.batch_s(len(crops)) - (time.perf_counter() - start)))
+        return out
 
 
 class ZeroFeatures:
@@ -62,8 +58,5 @@ class ZeroFeatures:
 
     def batch(self, pcms: Sequence[np.ndarray], n_frames: Sequence[int]) -> list[np.ndarray]:
         """One (n, *FEATURE_SHAPES[kind]) float32 array of zeros per buffer."""
-        if len(pcms) != len(n_frames):
-            raise ValueError(f"got {len(pcms)} pcm buffers for {len(n_frames)} frame counts")
-        for pcm, n in zip(pcms, n_frames, strict=True):
-            check_pcm(pcm, n)
+        check_pcm_batch(pcms, n_frames)
         return [np.zeros((n, *FEATURE_SHAPES[self.kind]), np.float32) for n in n_frames]
